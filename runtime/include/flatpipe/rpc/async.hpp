@@ -1,0 +1,80 @@
+// Glue between the Session's callback entry points and asio completion tokens, and the helper
+// that turns them into blocking calls.
+//
+// async_op<Signature>(executor, token, start): `start` receives a UniqueFunction to call exactly
+// once with the outcome; the user's handler then runs on its associated executor (for a
+// coroutine, the coroutine's; for a plain callback, `executor`), dispatched inline when already
+// there. Any asio token works: a callback, asio::use_awaitable, asio::use_future, asio::deferred.
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include <asio/associated_executor.hpp>
+#include <asio/async_result.hpp>
+#include <asio/dispatch.hpp>
+#include <asio/executor_work_guard.hpp>
+
+#include "flatpipe/util/unique_function.hpp"
+
+namespace flatpipe::detail {
+
+template <class Signature>
+struct completion_arg;
+template <class Arg>
+struct completion_arg<void(Arg)> {
+  using type = Arg;
+};
+
+template <class Signature, class Executor, class Token, class Start>
+auto async_op(const Executor& executor, Token&& token, Start&& start) {
+  using Arg = typename completion_arg<Signature>::type;
+  return asio::async_initiate<Token, Signature>(
+      [executor](auto handler, std::decay_t<Start> start_fn) {
+        auto ex = asio::get_associated_executor(handler, executor);
+        auto work = asio::make_work_guard(ex);
+        start_fn(UniqueFunction<void(Arg)>(
+            [handler = std::move(handler), work = std::move(work)](Arg outcome) mutable {
+              auto target = work.get_executor();
+              asio::dispatch(target, [handler = std::move(handler), outcome = std::move(outcome)]() mutable {
+                std::move(handler)(std::move(outcome));
+              });
+              work.reset();
+            }));
+      },
+      token, std::forward<Start>(start));
+}
+
+// A one-shot slot a blocking caller waits on.
+template <class T>
+class SyncSlot {
+ public:
+  void set(T value) {
+    {
+      std::lock_guard lk(mu_);
+      value_.emplace(std::move(value));
+    }
+    cv_.notify_one();
+  }
+  T wait() {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return value_.has_value(); });
+    return std::move(*value_);
+  }
+  template <class TimePoint>
+  std::optional<T> wait_until(const TimePoint& at) {
+    std::unique_lock lk(mu_);
+    if (!cv_.wait_until(lk, at, [&] { return value_.has_value(); })) return std::nullopt;
+    return std::move(*value_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<T> value_;
+};
+
+}  // namespace flatpipe::detail

@@ -1,0 +1,57 @@
+// Runtime: the threads and the transports that clients and servers share.
+//
+// By default a Runtime runs one I/O thread of its own and handlers run on it (they must not
+// block; use the async_ or coroutine forms). With handler_threads > 0, handlers run on a pool of
+// that size and may block. A user who already has an asio::io_context hands it in and runs it
+// themselves; flatpipe then starts no I/O thread.
+//
+// Lifetime: a Runtime must outlive every Client and Server made with it. Its destructor stops
+// and joins the threads it started; a borrowed io_context is left as it is.
+#pragma once
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/thread_pool.hpp>
+
+#include "flatpipe/transport/transport.hpp"
+
+namespace flatpipe {
+
+struct RuntimeOptions {
+  unsigned io_threads = 1;       // ignored when the io_context is borrowed
+  unsigned handler_threads = 0;  // 0: handlers run on the I/O thread
+};
+
+class Runtime {
+ public:
+  Runtime() : Runtime(RuntimeOptions{}) {}
+  explicit Runtime(RuntimeOptions options);
+  // Borrows `io`: the caller runs it (io.run()) for as long as flatpipe is used.
+  explicit Runtime(asio::io_context& io, RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  asio::io_context& io() noexcept { return *io_; }
+  TransportRegistry& transports() noexcept { return transports_; }
+  // Where handlers run; a null executor means the I/O thread.
+  asio::any_io_executor handler_executor() const;
+  // Threads this Runtime started (I/O and handler pool).
+  std::size_t thread_count() const noexcept;
+
+ private:
+  std::unique_ptr<asio::io_context> owned_io_;
+  asio::io_context* io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::vector<std::thread> io_threads_;
+  std::unique_ptr<asio::thread_pool> pool_;
+  unsigned pool_size_ = 0;
+  TransportRegistry transports_;
+};
+
+}  // namespace flatpipe

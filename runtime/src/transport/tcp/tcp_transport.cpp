@@ -1,0 +1,98 @@
+// tcp://host:port — TCP with TCP_NODELAY. Port 0 binds an ephemeral port (see
+// Listener::local_endpoint()).
+#include <asio/connect.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include "flatpipe/transport/transport.hpp"
+#include "transport/socket_listener.hpp"
+#include "transport/stream_connection.hpp"
+
+namespace flatpipe {
+namespace {
+
+using asio::ip::tcp;
+
+std::string format(const tcp::endpoint& ep) {
+  const auto addr = ep.address();
+  std::string host = addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string();
+  return "tcp://" + host + ":" + std::to_string(ep.port());
+}
+
+std::shared_ptr<FrameConnection> wrap(tcp::socket socket, const ConnectionLimits& limits) {
+  std::error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  auto remote = socket.remote_endpoint(ec);
+  std::string peer = ec ? std::string("tcp://?") : format(remote);
+  return std::make_shared<detail::StreamConnection<tcp::socket>>(std::move(socket), limits, std::move(peer));
+}
+
+class TcpTransport final : public Transport {
+ public:
+  std::string_view scheme() const override { return "tcp"; }
+
+  Result<std::shared_ptr<Listener>> listen(const Endpoint& endpoint, const TransportContext& ctx,
+                                           AcceptHandler on_accept) override {
+    auto hp = split_host_port(endpoint.address);
+    if (!hp) return hp.status();
+    std::error_code ec;
+    tcp::resolver resolver(ctx.io);
+    auto results = resolver.resolve(hp->first, std::to_string(hp->second),
+                                    tcp::resolver::passive | tcp::resolver::numeric_service, ec);
+    if (ec || results.empty()) {
+      return Status(StatusCode::invalid_argument,
+                    "cannot resolve '" + hp->first + "': " + (ec ? ec.message() : "no address"));
+    }
+    tcp::acceptor acceptor(ctx.io);
+    const tcp::endpoint bind_ep = results.begin()->endpoint();
+    acceptor.open(bind_ep.protocol(), ec);
+    if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor.bind(bind_ep, ec);
+    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      const auto code = ec == asio::error::address_in_use ? StatusCode::already_exists : StatusCode::unavailable;
+      return Status(code, "cannot listen on " + endpoint.to_string() + ": " + ec.message());
+    }
+    const std::string local = format(acceptor.local_endpoint(ec));
+    auto listener = std::make_shared<detail::SocketListener<tcp::acceptor, tcp::socket>>(
+        std::move(acceptor), local, ctx.limits, std::move(on_accept), &wrap, std::string());
+    listener->start();
+    return std::shared_ptr<Listener>(std::move(listener));
+  }
+
+  void async_connect(const Endpoint& endpoint, const TransportContext& ctx, ConnectHandler done) override {
+    auto hp = split_host_port(endpoint.address);
+    if (!hp) {
+      asio::post(ctx.io, [done = std::move(done), st = hp.status()]() mutable { done(st); });
+      return;
+    }
+    auto resolver = std::make_shared<tcp::resolver>(ctx.io);
+    auto socket = std::make_shared<tcp::socket>(ctx.io);
+    const ConnectionLimits limits = ctx.limits;
+    const std::string where = endpoint.to_string();
+    resolver->async_resolve(
+        hp->first, std::to_string(hp->second), tcp::resolver::numeric_service,
+        [resolver, socket, limits, where, done = std::move(done)](
+            const std::error_code& ec, tcp::resolver::results_type results) mutable {
+          if (ec) {
+            done(Status(StatusCode::unavailable, "cannot resolve " + where + ": " + ec.message()));
+            return;
+          }
+          asio::async_connect(*socket, results,
+                              [socket, limits, where, done = std::move(done)](const std::error_code& ec2,
+                                                                              const tcp::endpoint&) mutable {
+                                if (ec2) {
+                                  done(Status(StatusCode::unavailable,
+                                              "cannot connect to " + where + ": " + ec2.message()));
+                                  return;
+                                }
+                                done(wrap(std::move(*socket), limits));
+                              });
+        });
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<Transport> make_tcp_transport() { return std::make_shared<TcpTransport>(); }
+
+}  // namespace flatpipe
