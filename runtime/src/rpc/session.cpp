@@ -190,9 +190,13 @@ void Session::handle_frame(wire::Frame&& f, Deferred& later) {
     }
   }
   if (ready_ && type != FrameType::hello_ack) {
-    // A connector that gets anything but HELLO_ACK first is not talking to a flatpipe server.
-    const std::string why = std::string("peer answered the handshake with ") + wire::frame_type_name(type) +
-                            " (a netpipe server? connect with ?mode=netpipe)";
+    // A connector that gets anything but HELLO_ACK first is not talking to a flatpipe server,
+    // or the server refused the handshake (GOAWAY with its reason).
+    const std::string why =
+        type == FrameType::goaway
+            ? "peer refused the handshake: " + wire::decode_status(whole_payload(f).span(), true).to_string()
+            : std::string("peer did not answer the flatpipe handshake (it sent ") + wire::frame_type_name(type) +
+                  "); for a netpipe server use ?mode=netpipe";
     log(LogLevel::warn, "closing connection to " + peer_ + ": " + why);
     conn_->close(Status(StatusCode::unavailable, why), false);
     mode_ = Mode::compat;  // never answer anything on it
@@ -243,7 +247,12 @@ void Session::handle_frame(wire::Frame&& f, Deferred& later) {
 void Session::handle_hello(wire::Frame& f, Deferred& later) {
   auto hello = wire::decode_hello(whole_payload(f).span());
   if (!hello) {
-    fail_protocol_locked(hello.code(), "bad handshake: " + hello.status().message());
+    // Tell the connector why (GOAWAY is understood by anything that sent a HELLO), then close.
+    const Status why(hello.code(), "bad handshake: " + hello.status().message());
+    log(LogLevel::warn, "closing connection to " + peer_ + ": " + why.message());
+    send_locked(wire::OutFrame(FrameType::goaway, flags::status, 0, 0, {}, wire::encode_status(why, true)));
+    conn_->close(Status(StatusCode::unavailable, why.message()), true);
+    mode_ = Mode::compat;  // answer nothing else on it
     return;
   }
   mode_ = Mode::full;
@@ -560,7 +569,7 @@ void Session::handle_cancel(wire::Frame& f, Deferred& later) {
 
 void Session::handle_credit(wire::Frame& f, Deferred& later) {
   CallPtr call = find_stream_call_locked(f.header.request_id, false);
-  if (!call || f.payload.size() + f.prefix.size() < 4) {
+  if (!call || f.payload.size() + f.prefix.size() != 4) {
     ++stats_.frames_ignored;
     return;
   }
@@ -572,9 +581,13 @@ void Session::handle_credit(wire::Frame& f, Deferred& later) {
 
 void Session::handle_goaway(wire::Frame& f, Deferred& later) {
   (void)later;
-  const Status st = wire::decode_status(whole_payload(f).span(), (f.header.flags & flags::status) != 0);
-  // decode_status maps code 0 to UNKNOWN for error frames; GOAWAY's code 0 means "draining".
   const Buffer p = whole_payload(f);
+  if (p.empty()) {
+    ++stats_.frames_ignored;
+    return;
+  }
+  const Status st = wire::decode_status(p.span(), (f.header.flags & flags::status) != 0);
+  // decode_status maps code 0 to UNKNOWN for error frames; GOAWAY's code 0 means "draining".
   const bool graceful = (f.header.flags & flags::status) && !p.empty() && p.data()[0] == 0;
   if (graceful) {
     peer_draining_ = true;
@@ -601,6 +614,15 @@ void Session::fail_protocol_locked(StatusCode code, std::string why) {
 
 // ---------------------------------------------------------------------------------------------
 // Frames out
+
+std::optional<Status> Session::too_large_locked(std::size_t payload) const {
+  // The peer's limit in full mode; towards netpipe only what the 32-bit length can express.
+  const std::uint64_t limit = mode_ == Mode::full ? peer_max_frame_ - wire::kHeaderSize : UINT32_MAX - wire::kHeaderSize;
+  if (payload <= limit) return std::nullopt;
+  return Status(StatusCode::resource_exhausted, "message of " + std::to_string(payload) +
+                                                    " bytes exceeds the peer's limit of " + std::to_string(limit) +
+                                                    " bytes");
+}
 
 void Session::send_locked(wire::OutFrame&& frame) {
   if (conn_->send(std::move(frame)) == SendResult::above_high_water) conn_congested_ = true;
@@ -731,24 +753,16 @@ void Session::start_unary(std::uint32_t method, Buffer request, const CallOption
   Deferred later;
   {
     std::lock_guard lk(mu_);
-    if (auto why = refuse_call(mode_ == Mode::closed, closed_reason_, peer_draining_, static_cast<bool>(ready_),
-                               options)) {
+    std::string extra;
+    const std::uint16_t bits = call_headers_locked(options, extra);
+    std::optional<Status> why = refuse_call(mode_ == Mode::closed, closed_reason_, peer_draining_,
+                                            static_cast<bool>(ready_), options);
+    if (!why) why = too_large_locked(request.size() + extra.size());
+    if (why) {
       later.emplace_back([d = std::move(done), st = *why]() mutable { d(st); });
     } else {
       CallPtr call = open_call_locked(method, CallKind::unary, options);
       call->on_response = std::move(done);
-      std::string extra;
-      std::uint16_t bits = 0;
-      if (full_locked() && (call->deadline || !options.metadata.empty())) {
-        wire::HeaderBlock block;
-        if (call->deadline) {
-          const auto left = std::chrono::duration_cast<std::chrono::microseconds>(*call->deadline - Clock::now());
-          block.timeout_us = static_cast<std::uint64_t>(std::max<std::int64_t>(1, left.count()));
-        }
-        block.metadata = options.metadata;
-        wire::encode_header_block(block, extra);
-        bits = flags::headers;
-      }
       send_locked(wire::OutFrame(FrameType::request, bits, call->id, method, std::move(request), std::move(extra)));
     }
   }
@@ -758,29 +772,33 @@ void Session::start_unary(std::uint32_t method, Buffer request, const CallOption
 Result<std::shared_ptr<detail::CallState>> Session::open_stream(std::uint32_t method, CallKind kind, Buffer request,
                                                                  const CallOptions& options) {
   std::lock_guard lk(mu_);
+  if (kind == CallKind::unary) return Status(StatusCode::invalid_argument, "open_stream needs a streaming kind");
+  if (kind != CallKind::server_stream) request = {};
+  std::string extra;
+  std::uint16_t bits = call_headers_locked(options, extra);
   if (auto why = refuse_call(mode_ == Mode::closed, closed_reason_, peer_draining_, static_cast<bool>(ready_),
                              options)) {
     return *why;
   }
-  if (kind == CallKind::unary) return Status(StatusCode::invalid_argument, "open_stream needs a streaming kind");
+  if (auto big = too_large_locked(request.size() + extra.size())) return *big;
   CallPtr call = open_call_locked(method, kind, options);
-  const bool full = full_locked();
-  if (!full && kind == CallKind::client_stream) return call;  // netpipe: opened by its first StreamData
-  std::string extra;
-  std::uint16_t bits = kind == CallKind::server_stream ? flags::streaming | flags::requires_ack : flags::streaming;
-  if (full && (call->deadline || !options.metadata.empty())) {
-    wire::HeaderBlock block;
-    if (call->deadline) {
-      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(*call->deadline - Clock::now());
-      block.timeout_us = static_cast<std::uint64_t>(std::max<std::int64_t>(1, left.count()));
-    }
-    block.metadata = options.metadata;
-    wire::encode_header_block(block, extra);
-    bits |= flags::headers;
-  }
-  if (kind != CallKind::server_stream) request = {};
+  if (!full_locked() && kind == CallKind::client_stream) return call;  // netpipe: opened by its first StreamData
+  bits |= kind == CallKind::server_stream ? flags::streaming | flags::requires_ack : flags::streaming;
   send_locked(wire::OutFrame(FrameType::request, bits, call->id, method, std::move(request), std::move(extra)));
   return call;
+}
+
+// The header block of a Request (deadline and metadata), full mode only. Returns the flag bits.
+std::uint16_t Session::call_headers_locked(const CallOptions& options, std::string& extra) const {
+  if (!full_locked() || (!options.deadline && options.metadata.empty())) return 0;
+  wire::HeaderBlock block;
+  if (options.deadline && (features_ & feature::deadlines)) {
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(*options.deadline - Clock::now());
+    block.timeout_us = static_cast<std::uint64_t>(std::max<std::int64_t>(1, left.count()));
+  }
+  if (features_ & feature::metadata) block.metadata = options.metadata;
+  wire::encode_header_block(block, extra);
+  return flags::headers;
 }
 
 Status Session::notify(std::uint32_t method, Buffer payload) {
@@ -867,6 +885,8 @@ void Session::write(const CallPtr& call, Buffer message, StatusHandler done) {
       refuse = Status(StatusCode::failed_precondition, "the stream was already ended by this side");
     } else if (call->blocked_done) {
       refuse = Status(StatusCode::failed_precondition, "a write is already waiting on this stream");
+    } else if (auto big = too_large_locked(message.size())) {
+      refuse = *big;
     }
     if (!refuse.ok()) {
       later.emplace_back([d = std::move(done), refuse]() mutable { d(refuse); });
@@ -965,6 +985,9 @@ void Session::finish(const CallPtr& call, Result<Buffer> outcome) {
       block.metadata = std::move(trailing);
       wire::encode_header_block(block, extra);
       bits = flags::headers;
+    }
+    if (outcome.ok() && call->kind != CallKind::server_stream && call->kind != CallKind::bidi) {
+      if (auto big = too_large_locked(outcome->size() + extra.size())) outcome = *big;
     }
     const Status status = outcome.status();
     const bool streams_out = call->kind == CallKind::server_stream || call->kind == CallKind::bidi;

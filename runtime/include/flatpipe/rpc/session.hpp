@@ -215,6 +215,9 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   void end_in_locked(const CallPtr& call, Deferred& later);
   void remove_locked(const CallPtr& call);
   void send_locked(wire::OutFrame&& frame);
+  // RESOURCE_EXHAUSTED when a payload of this size may not be sent to the peer.
+  std::optional<Status> too_large_locked(std::size_t payload) const;
+  std::uint16_t call_headers_locked(const CallOptions& options, std::string& extra) const;
   void send_stream_data_locked(const CallPtr& call, Buffer message, std::uint16_t extra_flags = 0);
   void send_error_locked(std::uint32_t id, std::uint32_t method, const Status& status,
                          wire::FrameType type = wire::FrameType::error);
