@@ -5,6 +5,8 @@
 #include <asio/post.hpp>
 
 #include <algorithm>
+#include <array>
+#include <variant>
 #include <cinttypes>
 #include <cstdio>
 
@@ -70,6 +72,77 @@ bool writes_outbound(const detail::CallState& c) {
 
 }  // namespace
 
+// Work to run once the Session's lock is released: completion handlers and user callbacks, in
+// the order added. A few entries live inline, so the per-frame path allocates nothing here.
+class Session::Deferred {
+ public:
+  Deferred() = default;
+  Deferred(const Deferred&) = delete;
+  Deferred& operator=(const Deferred&) = delete;
+  ~Deferred() { run(); }
+
+  template <class F>
+  void emplace_back(F&& fn) {
+    push(Entry(std::in_place_type<Call0>, Call0{UniqueFunction<void()>(std::forward<F>(fn))}));
+  }
+  void complete(ResponseHandler fn, Result<Buffer> arg) {
+    if (fn) push(Entry(std::in_place_type<Respond>, Respond{std::move(fn), std::move(arg)}));
+  }
+  void complete(ReadHandler fn, ReadResult arg) {
+    if (fn) push(Entry(std::in_place_type<Deliver>, Deliver{std::move(fn), std::move(arg)}));
+  }
+  void complete(StatusHandler fn, Status arg) {
+    if (fn) push(Entry(std::in_place_type<Report>, Report{std::move(fn), std::move(arg)}));
+  }
+
+  // Runs everything added so far (and whatever those add), then empties.
+  void run() {
+    for (std::size_t i = 0; i < count_; ++i) {
+      Entry& e = i < kInline ? *inline_[i] : overflow_[i - kInline];
+      std::visit([](auto& item) { item.invoke(); }, e);
+    }
+    for (std::size_t i = 0; i < std::min(count_, kInline); ++i) inline_[i].reset();
+    overflow_.clear();
+    count_ = 0;
+  }
+
+ private:
+  struct Call0 {
+    UniqueFunction<void()> fn;
+    void invoke() { fn(); }
+  };
+  struct Respond {
+    ResponseHandler fn;
+    Result<Buffer> arg;
+    void invoke() { fn(std::move(arg)); }
+  };
+  struct Deliver {
+    ReadHandler fn;
+    ReadResult arg;
+    void invoke() { fn(std::move(arg)); }
+  };
+  struct Report {
+    StatusHandler fn;
+    Status arg;
+    void invoke() { fn(std::move(arg)); }
+  };
+  using Entry = std::variant<Call0, Respond, Deliver, Report>;
+  static constexpr std::size_t kInline = 4;
+
+  void push(Entry&& e) {
+    if (count_ < kInline) {
+      inline_[count_].emplace(std::move(e));
+    } else {
+      overflow_.push_back(std::move(e));
+    }
+    ++count_;
+  }
+
+  std::array<std::optional<Entry>, kInline> inline_;
+  std::vector<Entry> overflow_;
+  std::size_t count_ = 0;
+};
+
 const char* call_kind_name(CallKind kind) noexcept {
   switch (kind) {
     case CallKind::unary: return "unary";
@@ -96,10 +169,6 @@ Session::Session(Role role, std::shared_ptr<FrameConnection> connection, asio::i
 
 Session::~Session() = default;
 
-void Session::run(Deferred& later) {
-  for (auto& fn : later) fn();
-  later.clear();
-}
 
 void Session::start(StatusHandler ready) {
   last_rx_ns_.store(now_ns());
@@ -133,11 +202,11 @@ void Session::start(StatusHandler ready) {
       });
     } else {
       if (role_ == Role::connector) mode_ = Mode::compat;  // an acceptor learns the mode from frame 1
-      if (ready) later.emplace_back([r = std::move(ready)]() mutable { r(Status()); });
+      if (ready) later.complete(std::move(ready), Status());
     }
   }
   conn_->start(shared_from_this());
-  run(later);
+  later.run();
 }
 
 void Session::set_on_closed(std::function<void(const Status&)> fn) {
@@ -166,7 +235,7 @@ void Session::on_frame(wire::Frame&& frame) {
     ++stats_.frames_received;
     handle_frame(std::move(frame), later);
   }
-  run(later);
+  later.run();
 }
 
 void Session::handle_frame(wire::Frame&& f, Deferred& later) {
@@ -283,7 +352,7 @@ void Session::handle_hello_ack(wire::Frame& f, Deferred& later) {
   peer_credit_ = hello->initial_credit;
   peer_max_frame_ = hello->max_frame;
   handshake_timer_.cancel();
-  later.emplace_back([r = std::move(ready_)]() mutable { r(Status()); });
+  later.complete(std::move(ready_), Status());
   ready_ = nullptr;
   start_keepalive();
 }
@@ -351,7 +420,7 @@ void Session::handle_notification(wire::Frame& f, Deferred& later) {
   call->kind = CallKind::unary;
   call->open = false;  // not in a table: finish() is a no-op, the result dropped
   call->request = whole_payload(f);
-  call->context = std::make_shared<CallContext>(call->id, call->method, peer_, std::nullopt, Metadata{});
+  call->context.emplace(call->id, call->method, peer_, std::nullopt, Metadata{});
   dispatch_locked(call, later);
 }
 
@@ -367,7 +436,7 @@ Session::CallPtr Session::accept_call_locked(const wire::Frame& f, CallKind kind
   if (headers.timeout_us > 0 && (features_ & feature::deadlines)) {
     call->deadline = Clock::now() + std::chrono::microseconds(headers.timeout_us);
   }
-  call->context = std::make_shared<CallContext>(call->id, call->method, peer_, call->deadline, headers.metadata);
+  call->context.emplace(call->id, call->method, peer_, call->deadline, headers.metadata);
   in_calls_.emplace(call->id, call);
   ++stats_.calls_accepted;
   track_deadline_locked(call);
@@ -495,9 +564,7 @@ void Session::deliver_locked(const CallPtr& call, Buffer message, Deferred& late
   if (call->reader) {
     ++call->consumed;
     grant_credit_locked(call);
-    later.emplace_back([r = std::move(call->reader), m = std::move(message)]() mutable {
-      r(std::optional<Buffer>(std::move(m)));
-    });
+    later.complete(std::move(call->reader), ReadResult(std::optional<Buffer>(std::move(message))));
     call->reader = nullptr;
     return;
   }
@@ -513,7 +580,7 @@ void Session::deliver_locked(const CallPtr& call, Buffer message, Deferred& late
 void Session::end_in_locked(const CallPtr& call, Deferred& later) {
   call->in_done = true;
   if (call->reader && call->inbox.empty()) {
-    later.emplace_back([r = std::move(call->reader)]() mutable { r(std::optional<Buffer>()); });
+    later.complete(std::move(call->reader), ReadResult(std::optional<Buffer>()));
     call->reader = nullptr;
   }
 }
@@ -560,10 +627,10 @@ void Session::handle_cancel(wire::Frame& f, Deferred& later) {
   call->final_status = Status(StatusCode::cancelled, "cancelled by the caller");
   release_writer_locked(call, later);
   if (call->reader) {
-    later.emplace_back([r = std::move(call->reader), st = *call->final_status]() mutable { r(st); });
+    later.complete(std::move(call->reader), ReadResult(*call->final_status));
     call->reader = nullptr;
   }
-  later.emplace_back([ctx = call->context] { ctx->cancel(); });
+  later.emplace_back([call] { call->context->cancel(); });
   check_drained_locked(later);
 }
 
@@ -656,7 +723,7 @@ void Session::release_writer_locked(const CallPtr& call, Deferred& later) {
     if (call->blocked_done) {
       Status why = call->final_status.value_or(Status(StatusCode::cancelled, "call ended"));
       if (why.ok()) why = Status(StatusCode::failed_precondition, "the call already finished");
-      later.emplace_back([d = std::move(call->blocked_done), why]() mutable { d(why); });
+      later.complete(std::move(call->blocked_done), why);
       call->blocked_done = nullptr;
       call->blocked_message.reset();
     }
@@ -677,7 +744,7 @@ void Session::release_writer_locked(const CallPtr& call, Deferred& later) {
         send_stream_data_locked(call, std::move(*call->blocked_message));
       }
       call->blocked_message.reset();
-      later.emplace_back([d = std::move(call->blocked_done)]() mutable { d(Status()); });
+      later.complete(std::move(call->blocked_done), Status());
       call->blocked_done = nullptr;
     } else {
       return;
@@ -697,7 +764,7 @@ void Session::on_writable() {
       if (auto call = weak.lock()) release_writer_locked(call, later);
     }
   }
-  run(later);
+  later.run();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,14 +826,14 @@ void Session::start_unary(std::uint32_t method, Buffer request, const CallOption
                                             static_cast<bool>(ready_), options);
     if (!why) why = too_large_locked(request.size() + extra.size());
     if (why) {
-      later.emplace_back([d = std::move(done), st = *why]() mutable { d(st); });
+      later.complete(std::move(done), Result<Buffer>(*why));
     } else {
       CallPtr call = open_call_locked(method, CallKind::unary, options);
       call->on_response = std::move(done);
       send_locked(wire::OutFrame(FrameType::request, bits, call->id, method, std::move(request), std::move(extra)));
     }
   }
-  run(later);
+  later.run();
 }
 
 Result<std::shared_ptr<detail::CallState>> Session::open_stream(std::uint32_t method, CallKind kind, Buffer request,
@@ -820,7 +887,7 @@ void Session::cancel(const CallPtr& call, Status why) {
     if (mode_ != Mode::closed) send_locked(wire::OutFrame(FrameType::cancel, 0, call->id, 0, {}));
     complete_out_locked(call, std::move(why), {}, later);
   }
-  run(later);
+  later.run();
 }
 
 void Session::await_response(const CallPtr& call, ResponseHandler done) {
@@ -829,12 +896,12 @@ void Session::await_response(const CallPtr& call, ResponseHandler done) {
     std::lock_guard lk(mu_);
     if (call->final_status) {
       Result<Buffer> r = call->final_status->ok() ? Result<Buffer>(call->response) : Result<Buffer>(*call->final_status);
-      later.emplace_back([d = std::move(done), r = std::move(r)]() mutable { d(std::move(r)); });
+      later.complete(std::move(done), std::move(r));
     } else {
       call->on_response = std::move(done);
     }
   }
-  run(later);
+  later.run();
 }
 
 void Session::complete_out_locked(const CallPtr& call, Status status, Buffer response, Deferred& later) {
@@ -845,12 +912,12 @@ void Session::complete_out_locked(const CallPtr& call, Status status, Buffer res
   call->in_done = true;
   if (call->on_response) {
     Result<Buffer> r = status.ok() ? Result<Buffer>(call->response) : Result<Buffer>(status);
-    later.emplace_back([d = std::move(call->on_response), r = std::move(r)]() mutable { d(std::move(r)); });
+    later.complete(std::move(call->on_response), std::move(r));
     call->on_response = nullptr;
   }
   if (call->reader && call->inbox.empty()) {
     ReadResult r = status.ok() ? ReadResult(std::optional<Buffer>()) : ReadResult(status);
-    later.emplace_back([rd = std::move(call->reader), r = std::move(r)]() mutable { rd(std::move(r)); });
+    later.complete(std::move(call->reader), std::move(r));
     call->reader = nullptr;
   }
   release_writer_locked(call, later);
@@ -889,16 +956,16 @@ void Session::write(const CallPtr& call, Buffer message, StatusHandler done) {
       refuse = *big;
     }
     if (!refuse.ok()) {
-      later.emplace_back([d = std::move(done), refuse]() mutable { d(refuse); });
+      later.complete(std::move(done), refuse);
     } else if (full_locked() && (features_ & feature::flow_control)) {
       if (call->credit > 0 && !call->latest_pending) {
         --call->credit;
         send_stream_data_locked(call, std::move(message));
-        later.emplace_back([d = std::move(done)]() mutable { d(Status()); });
+        later.complete(std::move(done), Status());
       } else if (call->qos == StreamQos::latest) {
         if (call->latest_pending) ++stats_.messages_dropped_latest;
         call->latest_pending = std::move(message);
-        later.emplace_back([d = std::move(done)]() mutable { d(Status()); });
+        later.complete(std::move(done), Status());
       } else {
         call->blocked_message = std::move(message);
         call->blocked_done = std::move(done);
@@ -916,10 +983,10 @@ void Session::write(const CallPtr& call, Buffer message, StatusHandler done) {
       } else {
         send_stream_data_locked(call, std::move(message));
       }
-      later.emplace_back([d = std::move(done)]() mutable { d(Status()); });
+      later.complete(std::move(done), Status());
     }
   }
-  run(later);
+  later.run();
 }
 
 void Session::write_done(const CallPtr& call) {
@@ -944,28 +1011,26 @@ void Session::read(const CallPtr& call, ReadHandler done) {
   {
     std::lock_guard lk(mu_);
     if (!call->inbox.empty()) {
-      Buffer m = std::move(call->inbox.front());
-      call->inbox.pop_front();
+      Buffer m = call->inbox.pop_front();
       ++call->consumed;
       grant_credit_locked(call);
       if (call->pausing_reads && call->inbox.size() <= options_.compat_stream_queue / 2) {
         call->pausing_reads = false;
         if (--paused_streams_ == 0 && mode_ != Mode::closed) conn_->set_read_paused(false);
       }
-      later.emplace_back([d = std::move(done), m = std::move(m)]() mutable { d(std::optional<Buffer>(std::move(m))); });
+      later.complete(std::move(done), ReadResult(std::optional<Buffer>(std::move(m))));
     } else if (call->final_status && !call->final_status->ok()) {
-      later.emplace_back([d = std::move(done), st = *call->final_status]() mutable { d(st); });
+      later.complete(std::move(done), ReadResult(*call->final_status));
     } else if (call->in_done || call->final_status) {
-      later.emplace_back([d = std::move(done)]() mutable { d(std::optional<Buffer>()); });
+      later.complete(std::move(done), ReadResult(std::optional<Buffer>()));
     } else if (call->reader) {
-      later.emplace_back([d = std::move(done)]() mutable {
-        d(Status(StatusCode::failed_precondition, "a read is already waiting on this stream"));
-      });
+      later.complete(std::move(done),
+                     ReadResult(Status(StatusCode::failed_precondition, "a read is already waiting on this stream")));
     } else {
       call->reader = std::move(done);
     }
   }
-  run(later);
+  later.run();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1023,12 +1088,12 @@ void Session::finish(const CallPtr& call, Result<Buffer> outcome) {
     call->final_status = status.ok() ? Status(StatusCode::failed_precondition, "the call already finished") : status;
     release_writer_locked(call, later);
     if (call->reader) {
-      later.emplace_back([r = std::move(call->reader)]() mutable { r(std::optional<Buffer>()); });
+      later.complete(std::move(call->reader), ReadResult(std::optional<Buffer>()));
       call->reader = nullptr;
     }
     check_drained_locked(later);
   }
-  run(later);
+  later.run();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1095,16 +1160,16 @@ void Session::on_deadline_timer() {
         call->final_status = expired;
         release_writer_locked(call, later);
         if (call->reader) {
-          later.emplace_back([r = std::move(call->reader), expired]() mutable { r(expired); });
+          later.complete(std::move(call->reader), ReadResult(expired));
           call->reader = nullptr;
         }
-        later.emplace_back([ctx = call->context] { ctx->cancel(); });
+        later.emplace_back([call] { call->context->cancel(); });
       }
     }
     check_drained_locked(later);
     if (!deadlines_.empty()) arm_deadline_timer(deadlines_.top().at);
   }
-  run(later);
+  later.run();
 }
 
 void Session::start_keepalive() {
@@ -1159,7 +1224,7 @@ void Session::drain(std::function<void()> drained) {
     }
     check_drained_locked(later);
   }
-  run(later);
+  later.run();
 }
 
 void Session::check_drained_locked(Deferred& later) {
@@ -1194,14 +1259,14 @@ void Session::on_closed(const Status& why) {
       call->final_status = Status(StatusCode::cancelled, "connection lost: " + why.message());
       release_writer_locked(call, later);
       if (call->reader) {
-        later.emplace_back([r = std::move(call->reader), st = *call->final_status]() mutable { r(st); });
+        later.complete(std::move(call->reader), ReadResult(*call->final_status));
         call->reader = nullptr;
       }
-      later.emplace_back([ctx = call->context] { ctx->cancel(); });
+      later.emplace_back([call] { call->context->cancel(); });
     }
     paused_streams_ = 0;
     if (ready_) {
-      later.emplace_back([r = std::move(ready_), reason]() mutable { r(reason); });
+      later.complete(std::move(ready_), reason);
       ready_ = nullptr;
     }
     std::error_code ignored;
@@ -1215,7 +1280,7 @@ void Session::on_closed(const Status& why) {
       on_closed_ = nullptr;
     }
   }
-  run(later);
+  later.run();
 }
 
 bool Session::is_open() const {

@@ -61,11 +61,12 @@ struct CallOptions {
 // The callee's view of one call. Thread-safe. Lives as long as the ServerCall that hands it out.
 class CallContext {
  public:
-  CallContext(std::uint32_t request_id, std::uint32_t method_id, std::string peer,
+  // `peer` must outlive the context (it is the Session's description of its connection).
+  CallContext(std::uint32_t request_id, std::uint32_t method_id, std::string_view peer,
               std::optional<Clock::time_point> deadline, Metadata metadata)
       : request_id_(request_id),
         method_id_(method_id),
-        peer_(std::move(peer)),
+        peer_(peer),
         deadline_(deadline),
         metadata_(std::move(metadata)) {}
 
@@ -86,7 +87,7 @@ class CallContext {
 
   std::uint32_t request_id() const noexcept { return request_id_; }
   std::uint32_t method_id() const noexcept { return method_id_; }
-  const std::string& peer() const noexcept { return peer_; }
+  std::string_view peer() const noexcept { return peer_; }
 
   // Runtime side: marks the call cancelled and runs the registered callbacks (caller's thread).
   void cancel();
@@ -95,7 +96,7 @@ class CallContext {
  private:
   const std::uint32_t request_id_;
   const std::uint32_t method_id_;
-  const std::string peer_;
+  const std::string_view peer_;
   const std::optional<Clock::time_point> deadline_;
   const Metadata metadata_;
   std::atomic<bool> cancelled_{false};

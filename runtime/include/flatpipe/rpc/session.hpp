@@ -34,6 +34,7 @@
 #include "flatpipe/rpc/call.hpp"
 #include "flatpipe/status.hpp"
 #include "flatpipe/transport/transport.hpp"
+#include "flatpipe/util/buffer_queue.hpp"
 #include "flatpipe/util/unique_function.hpp"
 
 namespace flatpipe {
@@ -84,7 +85,7 @@ struct CallState {
   std::optional<Clock::time_point> deadline;
 
   // Inbound stream.
-  std::deque<Buffer> inbox;
+  BufferQueue inbox;
   bool in_done = false;               // the peer ended its direction
   ReadHandler reader;                 // a read waiting for a message
   std::uint32_t consumed = 0;         // read since the last CREDIT we sent
@@ -108,7 +109,7 @@ struct CallState {
   StatusHandler on_finish;
 
   // Incoming calls.
-  std::shared_ptr<CallContext> context;
+  std::optional<CallContext> context;
   Buffer request;
 };
 
@@ -189,8 +190,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
  private:
   using CallPtr = std::shared_ptr<detail::CallState>;
   using CallMap = std::unordered_map<std::uint32_t, CallPtr>;
-  // Work to run once the lock is released (completion handlers, user callbacks).
-  using Deferred = std::vector<UniqueFunction<void()>>;
+  class Deferred;
   enum class Mode : std::uint8_t { pending, full, compat, closed };
 
   void handle_frame(wire::Frame&& f, Deferred& later);
@@ -232,7 +232,6 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   void check_drained_locked(Deferred& later);
   std::uint32_t next_request_id_locked();
   bool full_locked() const noexcept { return mode_ == Mode::full; }
-  static void run(Deferred& later);
 
   const Role role_;
   const std::shared_ptr<FrameConnection> conn_;
