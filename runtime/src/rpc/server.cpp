@@ -4,82 +4,96 @@
 
 namespace flatpipe {
 
-Server::Server(Runtime& runtime, ServerOptions options) : runtime_(runtime), options_(std::move(options)) {}
+Server::Server(Runtime& runtime, ServerOptions options) : state_(std::make_shared<State>()) {
+  state_->runtime = &runtime;
+  state_->options = std::move(options);
+}
 
 Server::~Server() { shutdown(std::chrono::milliseconds(0)); }
 
+namespace {
+Status too_late() { return Status(StatusCode::failed_precondition, "add methods before the server listens"); }
+}  // namespace
+
 Status Server::add(MethodInfo method) {
-  std::lock_guard lk(mu_);
-  if (listening_) return Status(StatusCode::failed_precondition, "add methods before the server listens");
-  return methods_->add(std::move(method));
+  std::lock_guard lk(state_->mu);
+  if (state_->listening) return too_late();
+  return state_->methods->add(std::move(method));
 }
 
 Status Server::add_unary(std::uint32_t id, std::string name,
                          std::function<Result<Buffer>(CallContext&, const Buffer&)> fn) {
-  std::lock_guard lk(mu_);
-  if (listening_) return Status(StatusCode::failed_precondition, "add methods before the server listens");
-  return methods_->add_unary(id, std::move(name), std::move(fn));
+  std::lock_guard lk(state_->mu);
+  if (state_->listening) return too_late();
+  return state_->methods->add_unary(id, std::move(name), std::move(fn));
 }
 
 Status Server::add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler) {
-  std::lock_guard lk(mu_);
-  if (listening_) return Status(StatusCode::failed_precondition, "add methods before the server listens");
-  return methods_->add_coroutine(id, std::move(name), kind, std::move(handler));
+  std::lock_guard lk(state_->mu);
+  if (state_->listening) return too_late();
+  return state_->methods->add_coroutine(id, std::move(name), kind, std::move(handler));
 }
 
 void Server::on_connection(std::function<void(Client)> fn) {
-  std::lock_guard lk(mu_);
-  on_connection_ = std::move(fn);
+  std::lock_guard lk(state_->mu);
+  state_->on_connection = std::move(fn);
 }
 
 Result<std::string> Server::listen(std::string_view uri) {
   auto ep = Endpoint::parse(uri);
   if (!ep) return ep.status();
-  Transport* transport = runtime_.transports().find(ep->scheme);
+  Runtime& runtime = *state_->runtime;
+  Transport* transport = runtime.transports().find(ep->scheme);
   if (!transport) {
-    return Status(StatusCode::invalid_argument, "no transport for scheme '" + ep->scheme + "'");
+    std::string known;
+    for (const auto& s : runtime.transports().schemes()) known += (known.empty() ? "" : ", ") + s;
+    return Status(StatusCode::invalid_argument, "no transport for scheme '" + ep->scheme + "' (known: " + known + ")");
   }
   {
-    std::lock_guard lk(mu_);
-    if (stopping_) return Status(StatusCode::failed_precondition, "server is shut down");
-    listening_ = true;
+    std::lock_guard lk(state_->mu);
+    if (state_->stopping) return Status(StatusCode::failed_precondition, "server is shut down");
+    state_->listening = true;
   }
-  TransportContext ctx{runtime_.io(), {}};
-  ctx.limits.max_frame = options_.session.max_frame;
-  std::weak_ptr<int> alive = alive_;
-  auto listener = transport->listen(*ep, ctx, [this, alive](std::shared_ptr<FrameConnection> conn) {
-    if (auto a = alive.lock()) accept(std::move(conn));
-    else conn->close(Status(StatusCode::unavailable, "server is gone"), false);
+  TransportContext ctx{runtime.io(), {}};
+  ctx.limits.max_frame = state_->options.session.max_frame;
+  std::weak_ptr<State> weak = state_;
+  auto listener = transport->listen(*ep, ctx, [weak](std::shared_ptr<FrameConnection> conn) {
+    if (auto state = weak.lock()) {
+      accept(state, std::move(conn));
+    } else {
+      conn->close(Status(StatusCode::unavailable, "server is gone"), false);
+    }
   });
   if (!listener) return listener.status();
   std::string local = (*listener)->local_endpoint();
-  std::lock_guard lk(mu_);
-  listeners_.push_back(std::move(*listener));
+  std::lock_guard lk(state_->mu);
+  state_->listeners.push_back(std::move(*listener));
   return local;
 }
 
-void Server::accept(std::shared_ptr<FrameConnection> conn) {
+void Server::accept(const std::shared_ptr<State>& state, std::shared_ptr<FrameConnection> conn) {
   std::shared_ptr<Session> session;
   std::function<void(Client)> on_connection;
   {
-    std::lock_guard lk(mu_);
-    if (stopping_) {
+    std::lock_guard lk(state->mu);
+    if (state->stopping) {
       conn->close(Status(StatusCode::unavailable, "server is shutting down"), false);
       return;
     }
-    session = std::make_shared<Session>(Session::Role::acceptor, std::move(conn), runtime_.io(), options_.session,
-                                        methods_, runtime_.handler_executor());
-    sessions_.insert(session);
-    on_connection = on_connection_;
+    session = std::make_shared<Session>(Session::Role::acceptor, std::move(conn), state->runtime->io(),
+                                        state->options.session, state->methods,
+                                        state->runtime->handler_executor());
+    state->sessions.insert(session);
+    on_connection = state->on_connection;
   }
-  std::weak_ptr<int> alive = alive_;
-  std::weak_ptr<Session> weak = session;
-  session->set_on_closed([this, alive, weak](const Status&) {
-    auto a = alive.lock();
-    auto s = weak.lock();
-    if (!a || !s) return;
-    std::lock_guard lk(mu_);
-    sessions_.erase(s);
+  std::weak_ptr<State> weak_state = state;
+  std::weak_ptr<Session> weak_session = session;
+  session->set_on_closed([weak_state, weak_session](const Status&) {
+    auto st = weak_state.lock();
+    auto s = weak_session.lock();
+    if (!st || !s) return;
+    std::lock_guard lk(st->mu);
+    st->sessions.erase(s);
   });
   session->start();
   if (on_connection) on_connection(Client::attach(session));
@@ -89,19 +103,19 @@ void Server::shutdown(std::chrono::milliseconds grace) {
   std::vector<std::shared_ptr<Listener>> listeners;
   std::set<std::shared_ptr<Session>> sessions;
   {
-    std::lock_guard lk(mu_);
-    stopping_ = true;
-    listeners.swap(listeners_);
-    sessions = sessions_;
+    std::lock_guard lk(state_->mu);
+    state_->stopping = true;
+    listeners.swap(state_->listeners);
+    sessions = state_->sessions;
   }
   for (auto& l : listeners) l->close();
 
-  const bool may_block = !runtime_.io().get_executor().running_in_this_thread();
+  const bool may_block = !state_->runtime->io().get_executor().running_in_this_thread();
   if (grace.count() > 0 && !sessions.empty()) {
     struct Drain {
       std::mutex mu;
       std::condition_variable cv;
-      std::size_t left;
+      std::size_t left = 0;
     };
     auto drain = std::make_shared<Drain>();
     drain->left = sessions.size();
@@ -118,7 +132,7 @@ void Server::shutdown(std::chrono::milliseconds grace) {
   }
   for (auto& s : sessions) s->close(Status(StatusCode::unavailable, "server shut down"));
   if (!may_block) return;
-  // Wait (bounded) until the connections reported closed, so nothing runs after we return.
+  // Wait (bounded) until the connections reported closed, so no handler starts after we return.
   const auto until = Clock::now() + std::chrono::seconds(2);
   while (Clock::now() < until) {
     bool any_open = false;
@@ -126,26 +140,26 @@ void Server::shutdown(std::chrono::milliseconds grace) {
     if (!any_open) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  std::lock_guard lk(mu_);
-  sessions_.clear();
+  std::lock_guard lk(state_->mu);
+  state_->sessions.clear();
 }
 
 std::size_t Server::connection_count() const {
-  std::lock_guard lk(mu_);
-  return sessions_.size();
+  std::lock_guard lk(state_->mu);
+  return state_->sessions.size();
 }
 
 std::vector<std::string> Server::endpoints() const {
-  std::lock_guard lk(mu_);
+  std::lock_guard lk(state_->mu);
   std::vector<std::string> out;
-  for (const auto& l : listeners_) out.push_back(l->local_endpoint());
+  for (const auto& l : state_->listeners) out.push_back(l->local_endpoint());
   return out;
 }
 
 SessionStats Server::stats() const {
-  std::lock_guard lk(mu_);
+  std::lock_guard lk(state_->mu);
   SessionStats total;
-  for (const auto& s : sessions_) {
+  for (const auto& s : state_->sessions) {
     const SessionStats one = s->stats();
     total.frames_received += one.frames_received;
     total.frames_ignored += one.frames_ignored;

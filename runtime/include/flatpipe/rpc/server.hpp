@@ -58,18 +58,22 @@ class Server {
   SessionStats stats() const;
 
  private:
-  void accept(std::shared_ptr<FrameConnection> conn);
+  // What connection callbacks share with the Server; they hold it weakly, so a callback that
+  // runs while or after the Server is destroyed finds it gone instead of touching freed memory.
+  struct State {
+    Runtime* runtime;
+    ServerOptions options;
+    std::shared_ptr<MethodTable> methods = std::make_shared<MethodTable>();
+    std::mutex mu;
+    bool listening = false;
+    bool stopping = false;
+    std::vector<std::shared_ptr<Listener>> listeners;
+    std::set<std::shared_ptr<Session>> sessions;
+    std::function<void(Client)> on_connection;
+  };
+  static void accept(const std::shared_ptr<State>& state, std::shared_ptr<FrameConnection> conn);
 
-  Runtime& runtime_;
-  const ServerOptions options_;
-  std::shared_ptr<MethodTable> methods_ = std::make_shared<MethodTable>();
-  mutable std::mutex mu_;
-  bool listening_ = false;
-  bool stopping_ = false;
-  std::vector<std::shared_ptr<Listener>> listeners_;
-  std::set<std::shared_ptr<Session>> sessions_;
-  std::function<void(Client)> on_connection_;
-  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // accept callbacks check it
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace flatpipe
