@@ -294,7 +294,10 @@ void Session::handle_frame(wire::Frame&& f, Deferred& later) {
       }
       break;
     case FrameType::pong:
-      if (full) return;  // liveness was noted on arrival
+      if (full && ping_outstanding_) {  // liveness was noted on arrival
+        ping_outstanding_ = false;
+        return;
+      }
       break;
     case FrameType::credit:
       if (full) {
@@ -499,11 +502,12 @@ Session::CallPtr Session::find_stream_call_locked(std::uint32_t id, bool inbound
   }
   // Compatible mode: both sides count from 0; prefer a call of ours that expects stream frames
   // (protocol.md "Ids").
+  // A unary call of ours never receives stream frames, so it never matches.
+  (void)inbound_data;
   auto out = out_calls_.find(id);
-  if (out != out_calls_.end() && (out->second->kind != CallKind::unary || !inbound_data)) return out->second;
+  if (out != out_calls_.end() && out->second->kind != CallKind::unary) return out->second;
   auto in = in_calls_.find(id);
-  if (in != in_calls_.end()) return in->second;
-  return out != out_calls_.end() ? out->second : nullptr;
+  return in != in_calls_.end() ? in->second : nullptr;
 }
 
 void Session::handle_stream_data(wire::Frame& f, Deferred& later) {
@@ -519,7 +523,7 @@ void Session::handle_stream_data(wire::Frame& f, Deferred& later) {
     if (!method || method->kind != CallKind::client_stream) {
       if (h.flags & flags::final) {  // answer once, at the end of the caller's stream
         send_error_locked(h.request_id, h.method_id,
-                          method ? Status(StatusCode::failed_precondition,
+                          method ? Status(StatusCode::unimplemented,
                                           "method " + method_text(h.method_id) + " is " +
                                               call_kind_name(method->kind) + ", not client streaming")
                                  : Status(StatusCode::unimplemented, "no method with id " + method_text(h.method_id)),
@@ -625,12 +629,12 @@ void Session::handle_cancel(wire::Frame& f, Deferred& later) {
                     failure_type(*call));
   remove_locked(call);
   call->final_status = Status(StatusCode::cancelled, "cancelled by the caller");
+  later.emplace_back([call] { call->context->cancel(); });  // before its reads and writes fail
   release_writer_locked(call, later);
   if (call->reader) {
     later.complete(std::move(call->reader), ReadResult(*call->final_status));
     call->reader = nullptr;
   }
-  later.emplace_back([call] { call->context->cancel(); });
   check_drained_locked(later);
 }
 
@@ -731,23 +735,21 @@ void Session::release_writer_locked(const CallPtr& call, Deferred& later) {
   }
   const bool full = full_locked() && (features_ & feature::flow_control);
   while (true) {
+    if (!call->latest_pending && !call->blocked_message) {
+      if (call->end_pending) send_end_locked(call);  // StreamEnd costs no credit
+      return;
+    }
     if (full && call->credit == 0) return;
     if (!full && conn_congested_) return;
     if (call->latest_pending) {
       send_stream_data_locked(call, std::move(*call->latest_pending));
       call->latest_pending.reset();
-    } else if (call->blocked_message) {
-      if (call->holdback) {
-        std::swap(*call->holdback, *call->blocked_message);
-        send_stream_data_locked(call, std::move(*call->blocked_message));
-      } else {
-        send_stream_data_locked(call, std::move(*call->blocked_message));
-      }
+    } else {
+      if (call->holdback) std::swap(*call->holdback, *call->blocked_message);
+      send_stream_data_locked(call, std::move(*call->blocked_message));
       call->blocked_message.reset();
       later.complete(std::move(call->blocked_done), Status());
       call->blocked_done = nullptr;
-    } else {
-      return;
     }
     if (full) --call->credit;
   }
@@ -993,10 +995,17 @@ void Session::write_done(const CallPtr& call) {
   std::lock_guard lk(mu_);
   if (!call->open || call->out_done || !writes_outbound(*call) || !call->outgoing) return;
   call->out_done = true;
-  if (call->latest_pending) {  // `latest`: the freshest message is still worth sending
-    ++stats_.messages_dropped_latest;
-    call->latest_pending.reset();
+  if (call->latest_pending || call->blocked_message) {
+    // The freshest `latest` message, or a reliable one still waiting for credit, goes first;
+    // the end follows when credit lets it out (release_writer_locked).
+    call->end_pending = true;
+    return;
   }
+  send_end_locked(call);
+}
+
+void Session::send_end_locked(const CallPtr& call) {
+  call->end_pending = false;
   if (!full_locked() && call->kind == CallKind::client_stream) {
     Buffer last = call->holdback ? std::move(*call->holdback) : Buffer{};
     call->holdback.reset();
@@ -1158,12 +1167,12 @@ void Session::on_deadline_timer() {
         send_error_locked(call->id, call->method, expired, failure_type(*call));
         remove_locked(call);
         call->final_status = expired;
+        later.emplace_back([call] { call->context->cancel(); });
         release_writer_locked(call, later);
         if (call->reader) {
           later.complete(std::move(call->reader), ReadResult(expired));
           call->reader = nullptr;
         }
-        later.emplace_back([call] { call->context->cancel(); });
       }
     }
     check_drained_locked(later);
@@ -1195,6 +1204,7 @@ void Session::on_keepalive_timer() {
         std::string token(8, '\0');
         wire::put_u64(reinterpret_cast<std::uint8_t*>(token.data()), static_cast<std::uint64_t>(now_ns()));
         send_locked(wire::OutFrame(FrameType::ping, 0, 0, 0, {}, std::move(token)));
+        ping_outstanding_ = true;
       }
       start_keepalive();
     }
@@ -1257,12 +1267,12 @@ void Session::on_closed(const Status& why) {
     for (auto& [id, call] : ins) {
       call->open = false;
       call->final_status = Status(StatusCode::cancelled, "connection lost: " + why.message());
+      later.emplace_back([call] { call->context->cancel(); });
       release_writer_locked(call, later);
       if (call->reader) {
         later.complete(std::move(call->reader), ReadResult(*call->final_status));
         call->reader = nullptr;
       }
-      later.emplace_back([call] { call->context->cancel(); });
     }
     paused_streams_ = 0;
     if (ready_) {

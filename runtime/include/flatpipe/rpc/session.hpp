@@ -94,6 +94,7 @@ struct CallState {
   // Outbound stream.
   std::uint32_t credit = 0;
   bool out_done = false;              // we ended our direction
+  bool end_pending = false;           // ended, but StreamEnd waits behind an unsent message
   StreamQos qos = StreamQos::reliable;
   std::optional<Buffer> blocked_message;  // a reliable write waiting for credit/room
   StatusHandler blocked_done;
@@ -222,6 +223,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   void send_error_locked(std::uint32_t id, std::uint32_t method, const Status& status,
                          wire::FrameType type = wire::FrameType::error);
   void grant_credit_locked(const CallPtr& call);
+  void send_end_locked(const CallPtr& call);
   void release_writer_locked(const CallPtr& call, Deferred& later);
   void fail_protocol_locked(StatusCode code, std::string why);
   void track_deadline_locked(const CallPtr& call);
@@ -252,6 +254,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   bool draining_ = false;             // we accept no new calls
   bool peer_draining_ = false;        // the peer accepts no new calls
   bool conn_congested_ = false;       // the connection reported above_high_water
+  bool ping_outstanding_ = false;     // a PING of ours awaits its PONG
   std::size_t paused_streams_ = 0;    // compat: streams whose backlog paused reading
   std::vector<std::weak_ptr<detail::CallState>> congested_writers_;
   std::function<void()> on_drained_;
