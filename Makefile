@@ -5,14 +5,20 @@
 #   make test       deps + build + ctest
 #   make demo       deps + build + scripts/demo.sh (echo example over tcp and unix)
 #   make asan/tsan  sanitizer builds in build-asan/ and build-tsan/, then ctest
+#   make bench      deps + optional bench packages (gRPC, gnuplot), Release build in build-bench/,
+#                   then bench/run_bench.py: every figure, ratio and target (~5 min on 2 cores);
+#                   BENCH_ARGS=--json for JSON; chart in docs/bench.png
 #   make install    install build/ into $(PREFIX) (default /usr/local)
 #
-# Overridable: BUILD_TYPE (RelWithDebInfo), BUILD_DIR (build), PREFIX, JOBS, CMAKE_ARGS.
+# Overridable: BUILD_TYPE (RelWithDebInfo), BUILD_DIR (build), PREFIX, JOBS, CMAKE_ARGS,
+# BENCH_DIR (build-bench), BENCH_ARGS.
 
 BUILD_TYPE ?= RelWithDebInfo
 BUILD_DIR  ?= build
 ASAN_DIR   ?= build-asan
 TSAN_DIR   ?= build-tsan
+BENCH_DIR  ?= build-bench
+BENCH_ARGS ?=
 PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE      ?= cmake
@@ -30,7 +36,7 @@ TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 .NOTPARALLEL:
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps configure build test demo asan tsan install clean
+.PHONY: all deps configure build test demo asan tsan bench install clean
 
 all: build
 
@@ -65,8 +71,17 @@ tsan: deps
 	$(CMAKE) --build "$(TSAN_DIR)" -j$(JOBS)
 	$(TSAN_ENV) $(CTEST) --test-dir "$(TSAN_DIR)" $(CTEST_FLAGS)
 
+# Release build of the benchmarks only. The optional packages (gRPC, gnuplot) never fail the
+# target; short targets never fail it either.
+bench: deps
+	@bash scripts/install-deps.sh --bench
+	$(CMAKE) -S . -B "$(BENCH_DIR)" -DCMAKE_BUILD_TYPE=Release -DFLATPIPE_BUILD_BENCH=ON \
+	  -DFLATPIPE_BUILD_TESTS=OFF -DFLATPIPE_BUILD_EXAMPLES=OFF $(CMAKE_ARGS)
+	$(CMAKE) --build "$(BENCH_DIR)" -j$(JOBS)
+	python3 bench/run_bench.py --build-dir "$(BENCH_DIR)" $(BENCH_ARGS)
+
 install: build
 	$(CMAKE) --install "$(BUILD_DIR)" --prefix "$(PREFIX)"
 
 clean:
-	rm -rf "$(BUILD_DIR)" "$(ASAN_DIR)" "$(TSAN_DIR)"
+	rm -rf "$(BUILD_DIR)" "$(ASAN_DIR)" "$(TSAN_DIR)" "$(BENCH_DIR)"

@@ -29,6 +29,9 @@ endif()
 add_library(flatpipe::asio INTERFACE IMPORTED GLOBAL)
 set_target_properties(flatpipe::asio PROPERTIES
   INTERFACE_INCLUDE_DIRECTORIES "${FLATPIPE_ASIO_INCLUDE_DIR}"
-  INTERFACE_COMPILE_DEFINITIONS "ASIO_STANDALONE;ASIO_NO_DEPRECATED"
+  # ASIO_DISABLE_STD_ALIGNED_ALLOC: asio decides between aligned_alloc and operator new by
+  # whether a libstdc++ header came before its own; translation units that differ would
+  # allocate with one and free with the other (ASan: alloc-dealloc-mismatch).
+  INTERFACE_COMPILE_DEFINITIONS "ASIO_STANDALONE;ASIO_NO_DEPRECATED;ASIO_DISABLE_STD_ALIGNED_ALLOC"
   INTERFACE_LINK_LIBRARIES "Threads::Threads")
 set(FLATPIPE_ASIO_FOUND TRUE)

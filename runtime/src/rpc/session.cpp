@@ -740,7 +740,10 @@ void Session::release_writer_locked(const CallPtr& call, Deferred& later) {
       return;
     }
     if (full && call->credit == 0) return;
-    if (!full && conn_congested_) return;
+    if (conn_congested_) {
+      congested_writers_.push_back(call);  // on_writable() resumes it
+      return;
+    }
     if (call->latest_pending) {
       send_stream_data_locked(call, std::move(*call->latest_pending));
       call->latest_pending.reset();
@@ -960,7 +963,9 @@ void Session::write(const CallPtr& call, Buffer message, StatusHandler done) {
     if (!refuse.ok()) {
       later.complete(std::move(done), refuse);
     } else if (full_locked() && (features_ & feature::flow_control)) {
-      if (call->credit > 0 && !call->latest_pending) {
+      // Credit bounds what the reader must hold; the connection's high-water mark bounds what
+      // this side queues (credit x message size could be large).
+      if (call->credit > 0 && !call->latest_pending && !conn_congested_) {
         --call->credit;
         send_stream_data_locked(call, std::move(message));
         later.complete(std::move(done), Status());
@@ -971,6 +976,7 @@ void Session::write(const CallPtr& call, Buffer message, StatusHandler done) {
       } else {
         call->blocked_message = std::move(message);
         call->blocked_done = std::move(done);
+        if (conn_congested_) congested_writers_.push_back(call);
       }
     } else if (conn_congested_) {
       call->blocked_message = std::move(message);

@@ -27,8 +27,15 @@ Runtime::Runtime(asio::io_context& io, RuntimeOptions options)
 Runtime::~Runtime() {
   if (pool_) pool_->join();
   work_.reset();
-  if (owned_io_) owned_io_->stop();
-  for (auto& t : io_threads_) t.join();
+  if (owned_io_) {
+    owned_io_->stop();
+    for (auto& t : io_threads_) t.join();
+    // Run what was queued before the stop (e.g. the close of a Client dropped just before the
+    // Runtime), so connections close and the objects they hold are released.
+    owned_io_->restart();
+    for (int round = 0; round < 64 && owned_io_->poll() > 0; ++round) {
+    }
+  }
 }
 
 asio::any_io_executor Runtime::handler_executor() const {

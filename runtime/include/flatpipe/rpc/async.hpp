@@ -16,6 +16,7 @@
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/dispatch.hpp>
+#include <asio/post.hpp>
 #include <asio/executor_work_guard.hpp>
 
 #include "flatpipe/util/unique_function.hpp"
@@ -29,6 +30,11 @@ struct completion_arg<void(Arg)> {
   using type = Arg;
 };
 
+// Depth of async_op initiations running on this thread: an operation that completes while its
+// own initiation is still running must not call the handler from inside it (asio's rule; a
+// callback that starts the next operation would otherwise recurse without bound).
+inline thread_local int initiation_depth = 0;
+
 template <class Signature, class Executor, class Token, class Start>
 auto async_op(const Executor& executor, Token&& token, Start&& start) {
   using Arg = typename completion_arg<Signature>::type;
@@ -36,14 +42,21 @@ auto async_op(const Executor& executor, Token&& token, Start&& start) {
       [executor](auto handler, std::decay_t<Start> start_fn) {
         auto ex = asio::get_associated_executor(handler, executor);
         auto work = asio::make_work_guard(ex);
+        ++initiation_depth;
         start_fn(UniqueFunction<void(Arg)>(
             [handler = std::move(handler), work = std::move(work)](Arg outcome) mutable {
               auto target = work.get_executor();
-              asio::dispatch(target, [handler = std::move(handler), outcome = std::move(outcome)]() mutable {
+              auto invoke = [handler = std::move(handler), outcome = std::move(outcome)]() mutable {
                 std::move(handler)(std::move(outcome));
-              });
+              };
+              if (initiation_depth > 0) {
+                asio::post(target, std::move(invoke));
+              } else {
+                asio::dispatch(target, std::move(invoke));
+              }
               work.reset();
             }));
+        --initiation_depth;
       },
       token, std::forward<Start>(start));
 }

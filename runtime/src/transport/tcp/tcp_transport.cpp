@@ -65,10 +65,24 @@ class TcpTransport final : public Transport {
       asio::post(ctx.io, [done = std::move(done), st = hp.status()]() mutable { done(st); });
       return;
     }
-    auto resolver = std::make_shared<tcp::resolver>(ctx.io);
     auto socket = std::make_shared<tcp::socket>(ctx.io);
     const ConnectionLimits limits = ctx.limits;
     const std::string where = endpoint.to_string();
+    std::error_code not_numeric;
+    const auto address = asio::ip::make_address(hp->first, not_numeric);
+    if (!not_numeric) {
+      // A numeric address needs no resolver (asio's resolver runs a thread of its own).
+      socket->async_connect(tcp::endpoint(address, hp->second),
+                            [socket, limits, where, done = std::move(done)](const std::error_code& ec) mutable {
+                              if (ec) {
+                                done(Status(StatusCode::unavailable, "cannot connect to " + where + ": " + ec.message()));
+                                return;
+                              }
+                              done(wrap(std::move(*socket), limits));
+                            });
+      return;
+    }
+    auto resolver = std::make_shared<tcp::resolver>(ctx.io);
     resolver->async_resolve(
         hp->first, std::to_string(hp->second), tcp::resolver::numeric_service,
         [resolver, socket, limits, where, done = std::move(done)](

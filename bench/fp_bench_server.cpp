@@ -1,0 +1,144 @@
+// fp_bench_server --listen URI
+//
+// The Bench service (bench.fbs) on flatpipe, with the default Runtime (one I/O thread; handlers
+// run on it). Prints `listening <bound uri>`, serves until its standard input closes, then
+// prints its own figures (`flatpipe.<transport>.server.peak_rss.all`, `...threads.all`) and
+// shuts down.
+#include <cstdio>
+#include <string>
+
+#include <asio/use_awaitable.hpp>
+
+#include "bench_common.hpp"
+#include "flatpipe/flatpipe.hpp"
+
+namespace {
+
+using flatpipe::Buffer;
+using flatpipe::CallKind;
+using flatpipe::Result;
+using flatpipe::ServerCall;
+using flatpipe::Status;
+using flatpipe::StatusCode;
+
+Buffer make_blob(std::uint64_t seq, const std::uint8_t* data, std::size_t size) {
+  flatbuffers::FlatBufferBuilder fb(bench::builder_size(size));
+  bench::build_blob(fb, seq, data, size);
+  return Buffer::adopt(fb);
+}
+
+Status invalid(const char* what) { return Status(StatusCode::invalid_argument, what); }
+
+Status add_methods(flatpipe::Server& server) {
+  // Unary: a fresh Blob with the request's seq and data.
+  Status st = server.add_unary(bench::kUnary, "flatpipe_bench.Bench.Unary",
+                               [](flatpipe::CallContext&, const Buffer& req) -> Result<Buffer> {
+                                 bench::BlobView v;
+                                 if (!bench::verify_blob(req.data(), req.size(), v)) return invalid("bad Blob");
+                                 return make_blob(v.seq, v.data, v.size);
+                               });
+  if (!st.ok()) return st;
+
+  // Server stream: `count` fresh Blobs of `size` bytes, for at most `millis` ms.
+  st = server.add_coroutine(
+      bench::kServerStream, "flatpipe_bench.Bench.ServerStream", CallKind::server_stream,
+      [](ServerCall call) -> asio::awaitable<void> {
+        const Buffer req = call.request();
+        const flatpipe_bench::StreamRequest* sr = nullptr;
+        if (!bench::verify_stream_request(req.data(), req.size(), sr)) {
+          call.finish(invalid("bad StreamRequest"));
+          co_return;
+        }
+        const std::uint64_t count = sr->count();
+        const std::size_t size = sr->size();
+        const auto until = bench::Clock::now() + std::chrono::milliseconds(sr->millis());
+        for (std::uint64_t i = 0; i < count && bench::Clock::now() < until; ++i) {
+          Status w = co_await call.async_write(make_blob(i, bench::pattern(), size), asio::use_awaitable);
+          if (!w.ok()) co_return;
+        }
+        call.finish(Status());
+      });
+  if (!st.ok()) return st;
+
+  // Client stream: replies with a Blob whose seq is the number of messages received.
+  st = server.add_coroutine(bench::kClientStream, "flatpipe_bench.Bench.ClientStream", CallKind::client_stream,
+                            [](ServerCall call) -> asio::awaitable<void> {
+                              std::uint64_t n = 0;
+                              for (;;) {
+                                flatpipe::ReadResult r = co_await call.async_read(asio::use_awaitable);
+                                if (!r.ok()) co_return;
+                                if (!*r) break;
+                                bench::BlobView v;
+                                if (!bench::verify_blob((*r)->data(), (*r)->size(), v)) {
+                                  call.finish(invalid("bad Blob"));
+                                  co_return;
+                                }
+                                ++n;
+                              }
+                              call.finish(make_blob(n, nullptr, 0));
+                            });
+  if (!st.ok()) return st;
+
+  // Bidi: every message echoed as a fresh Blob.
+  return server.add_coroutine(bench::kBidi, "flatpipe_bench.Bench.Bidi", CallKind::bidi,
+                              [](ServerCall call) -> asio::awaitable<void> {
+                                for (;;) {
+                                  flatpipe::ReadResult r = co_await call.async_read(asio::use_awaitable);
+                                  if (!r.ok()) co_return;
+                                  if (!*r) break;
+                                  bench::BlobView v;
+                                  if (!bench::verify_blob((*r)->data(), (*r)->size(), v)) {
+                                    call.finish(invalid("bad Blob"));
+                                    co_return;
+                                  }
+                                  Status w = co_await call.async_write(make_blob(v.seq, v.data, v.size),
+                                                                       asio::use_awaitable);
+                                  if (!w.ok()) co_return;
+                                }
+                                call.finish(Status());
+                              });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string listen;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--listen" && i + 1 < argc) {
+      listen = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: fp_bench_server --listen URI\n");
+      return 2;
+    }
+  }
+  if (listen.empty()) {
+    std::fprintf(stderr, "usage: fp_bench_server --listen URI\n");
+    return 2;
+  }
+
+  flatpipe::Runtime runtime;  // the default: one I/O thread, handlers on it
+  flatpipe::Server server(runtime);
+  if (Status st = add_methods(server); !st.ok()) {
+    std::fprintf(stderr, "fp_bench_server: %s\n", st.to_string().c_str());
+    return 1;
+  }
+  auto bound = server.listen(listen);
+  if (!bound) {
+    std::fprintf(stderr, "fp_bench_server: %s\n", bound.status().to_string().c_str());
+    return 1;
+  }
+  std::printf("listening %s\n", bound->c_str());
+  std::fflush(stdout);
+
+  // Serve until the driver closes our standard input.
+  char buf[256];
+  while (std::fread(buf, 1, sizeof buf, stdin) > 0) {
+  }
+
+  bench::ThreadWatermark threads;
+  threads.sample();
+  bench::emit_process("flatpipe", bench::transport_of(*bound), "server", threads);
+  server.shutdown(std::chrono::milliseconds(500));
+  return 0;
+}
