@@ -75,6 +75,26 @@ inline bool parse_param(Params& p, int& i, int argc, char** argv) {
   return true;
 }
 
+// The command line of a bench client: --connect URI plus the Params. Prints usage and returns
+// false when it is wrong.
+inline bool parse_client_args(const char* program, int argc, char** argv, std::string& uri, Params& p) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--connect" && i + 1 < argc) {
+      uri = argv[++i];
+    } else if (!parse_param(p, i, argc, argv)) {
+      std::fprintf(stderr, "usage: %s --connect URI [--samples N] [--seconds S] [--warmup S] [--only KIND]\n",
+                   program);
+      return false;
+    }
+  }
+  if (uri.empty()) {
+    std::fprintf(stderr, "%s: --connect URI is required\n", program);
+    return false;
+  }
+  return true;
+}
+
 inline bool wanted(const Params& p, std::string_view kind) {
   return p.only.empty() || kind.find(p.only) != std::string_view::npos;
 }

@@ -245,19 +245,7 @@ asio::awaitable<StreamFigure> bidi(Client client, std::size_t size, double secon
 int main(int argc, char** argv) {
   std::string uri;
   bench::Params p;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--connect" && i + 1 < argc) {
-      uri = argv[++i];
-    } else if (!bench::parse_param(p, i, argc, argv)) {
-      std::fprintf(stderr, "usage: fp_bench_client --connect URI [--samples N] [--seconds S] [--warmup S] [--only KIND]\n");
-      return 2;
-    }
-  }
-  if (uri.empty()) {
-    std::fprintf(stderr, "fp_bench_client: --connect URI is required\n");
-    return 2;
-  }
+  if (!bench::parse_client_args("fp_bench_client", argc, argv, uri, p)) return 2;
   const std::string tr = bench::transport_of(uri);
 
   flatpipe::Runtime runtime;  // the default: one I/O thread

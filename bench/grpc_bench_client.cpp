@@ -196,19 +196,7 @@ StreamFigure bidi(Stub& stub, std::size_t size, double seconds) {
 int main(int argc, char** argv) {
   std::string uri;
   bench::Params p;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--connect" && i + 1 < argc) {
-      uri = argv[++i];
-    } else if (!bench::parse_param(p, i, argc, argv)) {
-      std::fprintf(stderr, "usage: grpc_bench_client --connect URI [--samples N] [--seconds S] [--warmup S] [--only KIND]\n");
-      return 2;
-    }
-  }
-  if (uri.empty()) {
-    std::fprintf(stderr, "grpc_bench_client: --connect URI is required\n");
-    return 2;
-  }
+  if (!bench::parse_client_args("grpc_bench_client", argc, argv, uri, p)) return 2;
   const std::string tr = bench::transport_of(uri);
   const std::string target = tr == "tcp" ? uri.substr(6) : uri;
 

@@ -64,20 +64,31 @@ std::string Endpoint::to_string() const {
   return out;
 }
 
+namespace {
+
+Status bad_address(std::string_view address, std::string_view what) {
+  std::string text;
+  text.reserve(address.size() + what.size() + 3);
+  text.append(1, '\'').append(address).append("' ").append(what);
+  return Status(StatusCode::invalid_argument, std::move(text));
+}
+
+}  // namespace
+
 Result<std::pair<std::string, unsigned short>> split_host_port(std::string_view address) {
   std::string_view host;
   std::string_view port;
   if (!address.empty() && address.front() == '[') {
     const auto close = address.find(']');
     if (close == std::string_view::npos || close + 1 >= address.size() || address[close + 1] != ':') {
-      return Status(StatusCode::invalid_argument, "'" + std::string(address) + "' is not [ipv6]:port");
+      return bad_address(address, "is not [ipv6]:port");
     }
     host = address.substr(1, close - 1);
     port = address.substr(close + 2);
   } else {
     const auto colon = address.rfind(':');
     if (colon == std::string_view::npos) {
-      return Status(StatusCode::invalid_argument, "'" + std::string(address) + "' has no :port");
+      return bad_address(address, "has no :port");
     }
     host = address.substr(0, colon);
     port = address.substr(colon + 1);
@@ -85,7 +96,7 @@ Result<std::pair<std::string, unsigned short>> split_host_port(std::string_view 
   unsigned value = 0;
   const auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (host.empty() || port.empty() || ec != std::errc() || ptr != port.data() + port.size() || value > 65535) {
-    return Status(StatusCode::invalid_argument, "'" + std::string(address) + "' has no valid host:port");
+    return bad_address(address, "has no valid host:port");
   }
   return std::pair<std::string, unsigned short>{std::string(host), static_cast<unsigned short>(value)};
 }
