@@ -66,10 +66,9 @@ template <class T>
 class SyncSlot {
  public:
   void set(T value) {
-    {
-      std::lock_guard lk(mu_);
-      value_.emplace(std::move(value));
-    }
+    // Notify under the lock: the waiter may destroy the slot as soon as it sees the value.
+    std::lock_guard lk(mu_);
+    value_.emplace(std::move(value));
     cv_.notify_one();
   }
   T wait() {
