@@ -26,6 +26,7 @@
 #include <asio/buffer.hpp>
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
+#include <asio/io_context.hpp>
 #include <asio/write.hpp>
 
 #include "flatpipe/transport/transport.hpp"
@@ -58,7 +59,22 @@ class StreamConnection final : public FrameConnection,
     if (closing_) return SendResult::closed;
     queued_bytes_ += frame.size();
     queue_.push_back(std::move(frame));
-    if (!writing_ && !corked_) flush_locked();
+    if (!writing_ && !corked_) {
+      if (on_io_thread()) {
+        // Frames produced on the I/O thread outside a read batch (stream writers, coroutine
+        // callers) leave together: one flush after the handlers already queued have run.
+        if (!flush_posted_) {
+          flush_posted_ = true;
+          asio::post(executor_, [self = this->shared_from_this()] {
+            std::lock_guard guard(self->mu_);
+            self->flush_posted_ = false;
+            if (!self->writing_ && !self->corked_ && !self->queue_.empty()) self->flush_locked();
+          });
+        }
+      } else {
+        flush_locked();  // another thread: write now, no hop to the I/O thread
+      }
+    }
     if (queued_bytes_ > limits_.high_water) {
       above_high_ = true;
       return SendResult::above_high_water;
@@ -101,13 +117,21 @@ class StreamConnection final : public FrameConnection,
   asio::any_io_executor executor() const override { return executor_; }
 
  private:
+  bool on_io_thread() const noexcept {
+    const auto* ex = executor_.template target<asio::io_context::executor_type>();
+    return ex && ex->running_in_this_thread();
+  }
+
   // ---- reading (I/O thread) ----
 
   void read_more() {
     {
-      std::lock_guard lk(mu_);
+      std::unique_lock lk(mu_);
       if (fd_ < 0) {
+        // Closed while the last read was being handled: nobody else will finish.
         reading_ = false;
+        lk.unlock();
+        finish(Status(StatusCode::unavailable, "connection closed"));
         return;
       }
       if (paused_) {
@@ -127,6 +151,15 @@ class StreamConnection final : public FrameConnection,
   }
 
   void on_read(const std::error_code& ec, std::size_t n) {
+    bool closed;
+    {
+      std::lock_guard lk(mu_);
+      closed = fd_ < 0;
+    }
+    if (closed) {  // bytes read just before close(): the connection is over, drop them
+      finish(Status(StatusCode::unavailable, "connection closed"));
+      return;
+    }
     if (ec) {
       std::string why;
       if (ec == asio::error::eof) {
@@ -362,6 +395,7 @@ class StreamConnection final : public FrameConnection,
   std::optional<Status> close_reason_;
   bool writing_ = false;
   bool corked_ = false;
+  bool flush_posted_ = false;
   bool above_high_ = false;
   bool closing_ = false;
   bool close_after_flush_ = false;

@@ -30,10 +30,13 @@ struct completion_arg<void(Arg)> {
   using type = Arg;
 };
 
-// Depth of async_op initiations running on this thread: an operation that completes while its
-// own initiation is still running must not call the handler from inside it (asio's rule; a
-// callback that starts the next operation would otherwise recurse without bound).
+// An operation that completes while its own initiation is still running (a stream write with
+// credit to spare) runs its handler inline only up to kMaxInlineDepth nested completions on this
+// thread, then posts it: a callback that starts the next operation cannot grow the stack without
+// bound, and a burst of writes does not pay a scheduler round per message.
 inline thread_local int initiation_depth = 0;
+inline thread_local int inline_depth = 0;
+inline constexpr int kMaxInlineDepth = 16;
 
 template <class Signature, class Executor, class Token, class Start>
 auto async_op(const Executor& executor, Token&& token, Start&& start) {
@@ -49,10 +52,12 @@ auto async_op(const Executor& executor, Token&& token, Start&& start) {
               auto invoke = [handler = std::move(handler), outcome = std::move(outcome)]() mutable {
                 std::move(handler)(std::move(outcome));
               };
-              if (initiation_depth > 0) {
+              if (initiation_depth > 0 && inline_depth >= kMaxInlineDepth) {
                 asio::post(target, std::move(invoke));
               } else {
+                ++inline_depth;
                 asio::dispatch(target, std::move(invoke));
+                --inline_depth;
               }
               work.reset();
             }));
