@@ -29,13 +29,21 @@ using SteadyClock = std::chrono::steady_clock;
 // Bounded helpers: every wait in this file ends, pass or fail.
 
 // Runs `fn` on its own thread and waits at most `timeout`. On timeout the thread is left to end
-// on its own, so `fn` must own what it uses (capture by value).
+// on its own, so `fn` must own what it uses (capture by value). Whatever `fn` captured is
+// destroyed before the result is handed over, so no Client copy outlives the test body.
 template <class F>
 auto within(F fn, Ms timeout = kWait) -> std::optional<std::invoke_result_t<F&>> {
   using T = std::invoke_result_t<F&>;
-  auto task = std::make_shared<std::packaged_task<T()>>(std::move(fn));
-  std::future<T> fut = task->get_future();
-  std::thread([task] { (*task)(); }).detach();
+  auto promise = std::make_shared<std::promise<T>>();
+  std::future<T> fut = promise->get_future();
+  std::thread([promise, fn = std::move(fn)]() mutable {
+    std::optional<T> result;
+    {
+      F local = std::move(fn);
+      result.emplace(local());
+    }
+    promise->set_value(std::move(*result));
+  }).detach();
   if (fut.wait_for(timeout) != std::future_status::ready) return std::nullopt;
   return fut.get();
 }
@@ -152,7 +160,7 @@ TEST_P(Calls, UnaryCoroutine) {
   ASSERT_TRUE(c.ok()) << describe(c);
   Client client = *c;
   auto r = run_coroutine<std::optional<Result<Buffer>>>(
-      h().client_runtime().io(), [client]() -> asio::awaitable<std::optional<Result<Buffer>>> {
+      h().client_runtime().io(), [&client]() -> asio::awaitable<std::optional<Result<Buffer>>> {
         Result<Buffer> first = co_await client.async_call(method::echo, buf("co1"), {}, asio::use_awaitable);
         if (!first.ok()) co_return first;
         co_return co_await client.async_call(method::echo, Buffer::copy(first->to_string()), {}, asio::use_awaitable);
@@ -233,6 +241,8 @@ TEST_P(Calls, ServerStreamCallback) {
   ASSERT_TRUE(st.has_value()) << "callback chain did not finish";
   EXPECT_TRUE(st->ok()) << describe(*st);
   EXPECT_EQ(reader->got, numbered("m", 7));
+  // The I/O thread lets go of the chain (and its ClientStream) before the test body ends.
+  EXPECT_TRUE(eventually([&] { return reader.use_count() == 1; }));
 }
 
 TEST_P(Calls, ServerStreamCoroutine) {
@@ -245,7 +255,7 @@ TEST_P(Calls, ServerStreamCoroutine) {
     Status end;
     Status finish;
   };
-  auto out = run_coroutine<Out>(h().client_runtime().io(), [client]() -> asio::awaitable<Out> {
+  auto out = run_coroutine<Out>(h().client_runtime().io(), [&client]() -> asio::awaitable<Out> {
     Out o;
     auto s = client.open(method::split, CallKind::server_stream, buf("4"));
     if (!s.ok()) {
@@ -326,6 +336,7 @@ TEST_P(Calls, ClientStreamCallback) {
   ASSERT_TRUE(r.has_value()) << "callback chain did not finish";
   ASSERT_TRUE(r->ok()) << describe(*r);
   EXPECT_EQ((**r).to_string(), "concat:x|y|z|w");
+  EXPECT_TRUE(eventually([&] { return w.use_count() == 1; }));
 }
 
 TEST_P(Calls, ClientStreamCoroutine) {
@@ -334,7 +345,7 @@ TEST_P(Calls, ClientStreamCoroutine) {
   ASSERT_TRUE(c.ok()) << describe(c);
   Client client = *c;
   auto r = run_coroutine<std::optional<Result<Buffer>>>(
-      h().client_runtime().io(), [client]() -> asio::awaitable<std::optional<Result<Buffer>>> {
+      h().client_runtime().io(), [&client]() -> asio::awaitable<std::optional<Result<Buffer>>> {
         auto s = client.open(method::concat, CallKind::client_stream);
         if (!s.ok()) co_return Result<Buffer>(s.status());
         for (int i = 0; i < 10; ++i) {
@@ -439,6 +450,7 @@ TEST_P(Calls, BidiCallback) {
   ASSERT_TRUE(st.has_value()) << "callback chain did not finish";
   EXPECT_TRUE(st->ok()) << describe(*st);
   EXPECT_EQ(pp->got, numbered("echo:k", 6));
+  EXPECT_TRUE(eventually([&] { return pp.use_count() == 1; }));
 }
 
 TEST_P(Calls, BidiCoroutine) {
@@ -451,7 +463,7 @@ TEST_P(Calls, BidiCoroutine) {
     Status failure;
     Status finish;
   };
-  auto out = run_coroutine<Out>(h().client_runtime().io(), [client]() -> asio::awaitable<Out> {
+  auto out = run_coroutine<Out>(h().client_runtime().io(), [&client]() -> asio::awaitable<Out> {
     Out o;
     auto s = client.open(method::echo_stream, CallKind::bidi);
     if (!s.ok()) {
@@ -771,6 +783,48 @@ TEST_P(Calls, ClientCloseFailsOpenCallsUnavailable) {
   disconnect_with_calls_open(h(), client, [client] { client.close(); });
 }
 
+// The server closes a connection while data the connection has already read is still waiting
+// to be handled (its I/O thread was busy): the connection must still end, so that its calls fail
+// and their handlers are cancelled, and Server::shutdown does not wait for nothing.
+TEST_P(Calls, ServerShutdownWithReadDataPendingStillClosesTheSession) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  auto c = h().connect();
+  ASSERT_TRUE(c.ok()) << describe(c);
+  ASSERT_TRUE(call_within(*c, method::echo, buf("hello")).ok());
+  ASSERT_TRUE(eventually([&] { return state().peer_count.load() == 1; }));
+  const std::shared_ptr<flatpipe::Session> server_session = state().peer(0).session();
+
+  auto parked = std::make_shared<std::promise<Result<Buffer>>>();
+  auto parked_f = parked->get_future();
+  c->async_call(method::park, buf("open"), {}, [parked](Result<Buffer> r) { parked->set_value(std::move(r)); });
+  ASSERT_TRUE(eventually([&] { return state().parked_count.load() == 1; }));
+
+  // Hold the server's I/O thread inside a handler.
+  auto held = std::make_shared<std::promise<Result<Buffer>>>();
+  c->async_call(method::hold_io, buf("hold"), {}, [held](Result<Buffer> r) { held->set_value(std::move(r)); });
+  ASSERT_TRUE(eventually([&] { return state().holding_io.load(); }));
+  // Meanwhile: more bytes reach the server's socket, and the server is shut down.
+  auto late = std::make_shared<std::promise<Result<Buffer>>>();
+  auto late_f = late->get_future();
+  c->async_call(method::echo, buf("late"), {}, [late](Result<Buffer> r) { late->set_value(std::move(r)); });
+  auto shutdown_done = std::async(std::launch::async, [&srv = h().server()] { srv.shutdown(0ms); });
+  std::this_thread::sleep_for(100ms);  // let shutdown() ask the connection to close
+  state().release_io = true;
+
+  EXPECT_TRUE(eventually([&] { return !server_session->is_open(); }))
+      << "the server's connection never reported closed";
+  ServerCall open_call = state().parked_calls().at(0);
+  EXPECT_TRUE(eventually([&] { return open_call.context().cancelled(); }, 1s))
+      << "the open call's handler was never told";
+  ASSERT_TRUE(shutdown_done.wait_for(kWait) == std::future_status::ready) << "shutdown did not return";
+  auto p = get_within(parked_f);
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->code(), StatusCode::unavailable) << describe(*p);
+  auto l = get_within(late_f);
+  ASSERT_TRUE(l.has_value());
+  EXPECT_EQ(l->code(), StatusCode::unavailable) << describe(*l);
+}
+
 TEST_P(Calls, ServerGoneNewCallsUnavailable) {
   ASSERT_NO_FATAL_FAILURE(start());
   auto c = h().connect();
@@ -787,6 +841,42 @@ TEST_P(Calls, ServerGoneNewCallsUnavailable) {
   auto again = within([uri = h().dial_uri(), &rt = h().client_runtime()] { return Client::connect(rt, uri).status(); });
   ASSERT_TRUE(again.has_value()) << "connect hangs";
   EXPECT_EQ(again->code(), StatusCode::unavailable) << describe(*again);
+}
+
+// The last Client handle goes, then its Runtime: nothing may keep the connection's Session (and
+// its socket) alive afterwards (runtime.hpp: a Runtime must outlive its Clients, which it does
+// here).
+TEST_P(Calls, ClientThenRuntimeDestroyedReleaseTheSession) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  std::weak_ptr<flatpipe::Session> weak;
+  {
+    Runtime rt;
+    auto c = Client::connect(rt, h().dial_uri());
+    ASSERT_TRUE(c.ok()) << describe(c);
+    weak = c->session();
+    auto r = call_within(*c, method::echo, buf("x"));
+    ASSERT_TRUE(r.ok()) << describe(r);
+  }  // the Client first, then the Runtime
+  EXPECT_TRUE(weak.expired()) << "the Session outlived its Client and its Runtime (leaked)";
+  // And the server sees the connection go.
+  EXPECT_TRUE(eventually([&] { return h().server().connection_count() == 0; }));
+
+  // The same with the server going away in between (the client's close and the server's end of
+  // stream race), as at the end of every test here.
+  int leaked = 0;
+  for (int round = 0; round < 20; ++round) {
+    h_.reset();
+    ASSERT_NO_FATAL_FAILURE(start());
+    {
+      auto c = h().connect();
+      ASSERT_TRUE(c.ok()) << describe(c);
+      weak = c->session();
+      ASSERT_TRUE(call_within(*c, method::echo, buf("x")).ok());
+    }
+    h_.reset();  // server shut down, then both Runtimes destroyed
+    if (!weak.expired()) ++leaked;
+  }
+  EXPECT_EQ(leaked, 0) << "Sessions left alive after their Client and Runtime were destroyed";
 }
 
 // =============================================================================================
@@ -960,7 +1050,8 @@ TEST_P(Calls, BlockingOnIoThreadFailsPrecondition) {
   };
   std::promise<Out> p;
   auto f = p.get_future();
-  asio::post(h().client_runtime().io(), [&, client = *c] {
+  const Client& client = *c;  // by reference: no Client copy may end up destroyed on the I/O thread
+  asio::post(h().client_runtime().io(), [&] {
     Out o;
     o.call = client.call(method::echo, buf("x")).code();
     o.write = stream->write(buf("x")).code();

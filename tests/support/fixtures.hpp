@@ -179,6 +179,7 @@ inline constexpr std::uint32_t blocking_on_io = 14; // bidi: tries blocking writ
 inline constexpr std::uint32_t pool_stream = 15;    // server stream, plain handler, blocking writes
 inline constexpr std::uint32_t pool_bidi = 16;      // bidi, plain handler, blocking read/write
 inline constexpr std::uint32_t tagged = 17;         // unary: 8-byte (caller, seq) tag, counted per tag
+inline constexpr std::uint32_t hold_io = 18;        // unary: blocks the thread it runs on until released
 inline constexpr std::uint32_t unknown = 4242;      // never registered
 
 // Served by the client side (ClientOptions::methods), called by the server.
@@ -236,6 +237,10 @@ struct ServiceState {
   std::atomic<std::uint32_t> tag_callers{0};
   std::atomic<std::uint32_t> tag_per_caller{0};
   std::atomic<std::uint64_t> tag_bad{0};
+
+  // hold_io
+  std::atomic<bool> holding_io{false};
+  std::atomic<bool> release_io{false};
 
   // on_connection handles (both ends may open calls)
   std::vector<Client> peers;  // mu
@@ -519,6 +524,15 @@ inline Status register_test_service(Server& server, const std::shared_ptr<Servic
     }
     ++hits[std::size_t{caller} * per_caller + seq];
     return Buffer::copy(req.to_string() + "ok");
+  }));
+
+  // Deliberately blocks the thread it runs on (the I/O thread without a handler pool), at most 5 s.
+  ok(server.add_unary(method::hold_io, "test.Svc.HoldIo", [st](CallContext&, const Buffer&) -> Result<Buffer> {
+    st->holding_io = true;
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (!st->release_io.load() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+    st->holding_io = false;
+    return Buffer::copy(std::string_view("released"));
   }));
 
   server.on_connection([st](Client peer) {
