@@ -228,7 +228,8 @@ bool Session::on_io_thread() const noexcept { return io_.get_executor().running_
 // Frames in
 
 void Session::on_frame(wire::Frame&& frame) {
-  last_rx_ns_.store(now_ns(), std::memory_order_relaxed);
+  // Only keepalive reads it; spare the per-frame clock read otherwise.
+  if (options_.keepalive.count() > 0) last_rx_ns_.store(now_ns(), std::memory_order_relaxed);
   Deferred later;
   {
     std::lock_guard lk(mu_);
@@ -408,7 +409,7 @@ void Session::handle_request(wire::Frame& f, Deferred& later) {
     request = std::move(parts->second);
   }
   auto call = accept_call_locked(f, method->kind, parts->first, std::move(request));
-  dispatch_locked(call, later);
+  dispatch_locked(call, method, later);
 }
 
 void Session::handle_notification(wire::Frame& f, Deferred& later) {
@@ -424,7 +425,7 @@ void Session::handle_notification(wire::Frame& f, Deferred& later) {
   call->open = false;  // not in a table: finish() is a no-op, the result dropped
   call->request = whole_payload(f);
   call->context.emplace(call->id, call->method, peer_, std::nullopt, Metadata{});
-  dispatch_locked(call, later);
+  dispatch_locked(call, method, later);
 }
 
 Session::CallPtr Session::accept_call_locked(const wire::Frame& f, CallKind kind, const wire::HeaderBlock& headers,
@@ -446,8 +447,7 @@ Session::CallPtr Session::accept_call_locked(const wire::Frame& f, CallKind kind
   return call;
 }
 
-void Session::dispatch_locked(const CallPtr& call, Deferred& later) {
-  const MethodInfo* method = methods_->find(call->method);
+void Session::dispatch_locked(const CallPtr& call, const MethodInfo* method, Deferred& later) {
   later.emplace_back([self = shared_from_this(), call, handler = &method->handler] {
     auto invoke = [self, call, handler] {
       try {
@@ -535,7 +535,7 @@ void Session::handle_stream_data(wire::Frame& f, Deferred& later) {
     }
     call = accept_call_locked(f, CallKind::client_stream, {}, {});
     call->netpipe_client_stream = true;
-    dispatch_locked(call, later);
+    dispatch_locked(call, method, later);
   }
   if (call->outgoing && call->kind == CallKind::client_stream) {
     // netpipe answers a client stream with one StreamData (the reply), then StreamEnd.
@@ -1285,7 +1285,6 @@ void Session::on_closed(const Status& why) {
       later.complete(std::move(ready_), reason);
       ready_ = nullptr;
     }
-    std::error_code ignored;
     handshake_timer_.cancel();
     deadline_timer_.cancel();
     keepalive_timer_.cancel();
