@@ -3,6 +3,7 @@
 
 #include "flatpipe/buffer.hpp"
 #include "flatpipe/log.hpp"
+#include "flatpipe/message.hpp"
 #include "flatpipe/rpc/call.hpp"
 #include "flatpipe/rpc/client.hpp"
 #include "flatpipe/rpc/server.hpp"

@@ -87,6 +87,8 @@ class ClientStream {
   // Trailing metadata from the peer (full mode), once the call finished.
   const Metadata& trailing_metadata() const noexcept { return call_->trailing; }
   bool valid() const noexcept { return call_ != nullptr; }
+  // A builder for this stream's next message (see Session::builder).
+  MessageBuilder builder(std::size_t initial_size = 1024) const { return owner_->session->builder(initial_size); }
 
  private:
   std::shared_ptr<detail::SessionOwner> owner_;
@@ -135,6 +137,8 @@ class Client {
   // Closes the connection; open calls fail with UNAVAILABLE. Never blocks.
   void close() const;
   const std::shared_ptr<Session>& session() const noexcept { return owner_->session; }
+  // A builder for a request on this connection (see Session::builder).
+  MessageBuilder builder(std::size_t initial_size = 1024) const { return owner_->session->builder(initial_size); }
 
  private:
   explicit Client(std::shared_ptr<detail::SessionOwner> owner) : owner_(std::move(owner)) {}

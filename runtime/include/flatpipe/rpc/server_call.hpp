@@ -65,6 +65,8 @@ class ServerCall {
   ReadResult read() const;
 
   Session& session() const noexcept { return *session_; }
+  // A builder for this call's response or stream messages (see Session::builder).
+  MessageBuilder builder(std::size_t initial_size = 1024) const { return session_->builder(initial_size); }
 
  private:
   std::shared_ptr<Session> session_;

@@ -31,6 +31,7 @@
 #include <asio/steady_timer.hpp>
 
 #include "flatpipe/buffer.hpp"
+#include "flatpipe/message.hpp"
 #include "flatpipe/rpc/call.hpp"
 #include "flatpipe/status.hpp"
 #include "flatpipe/transport/transport.hpp"
@@ -179,6 +180,11 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   std::string peer() const;
   std::size_t open_calls() const;
   SessionStats stats() const;
+  // A builder for a message to send on this connection, in memory the transport sends without
+  // copying (shared memory for shm; the heap otherwise). Thread-safe.
+  MessageBuilder builder(std::size_t initial_size = 1024) const {
+    return MessageBuilder(conn_->make_body_allocator(), initial_size);
+  }
   asio::io_context& io() const noexcept { return io_; }
   // True when the caller runs on this session's I/O context (where blocking would deadlock).
   bool on_io_thread() const noexcept;

@@ -17,6 +17,7 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/io_context.hpp>
+#include <flatbuffers/allocator.h>
 
 #include "flatpipe/status.hpp"
 #include "flatpipe/transport/endpoint.hpp"
@@ -77,6 +78,11 @@ class FrameConnection {
   // "tcp://127.0.0.1:53122" and the like, for logs and CallContext::peer().
   virtual std::string peer() const = 0;
   virtual asio::any_io_executor executor() const = 0;
+  // Memory for one outgoing message body that this connection can send without copying it (the
+  // shm transport: its shared segment), for a MessageBuilder. The caller owns the allocator; a
+  // body built with it stays valid while the Buffer holding it lives, even after the connection
+  // closed. nullptr (the default): heap memory is as good as any. Thread-safe.
+  virtual std::unique_ptr<flatbuffers::Allocator> make_body_allocator() { return nullptr; }
 };
 
 class Listener {
