@@ -28,10 +28,11 @@ Status Server::add_unary(std::uint32_t id, std::string name,
   return state_->methods->add_unary(id, std::move(name), std::move(fn));
 }
 
-Status Server::add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler) {
+Status Server::add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler,
+                             StreamQos qos) {
   std::lock_guard lk(state_->mu);
   if (state_->listening) return too_late();
-  return state_->methods->add_coroutine(id, std::move(name), kind, std::move(handler));
+  return state_->methods->add_coroutine(id, std::move(name), kind, std::move(handler), qos);
 }
 
 void Server::on_connection(std::function<void(Client)> fn) {

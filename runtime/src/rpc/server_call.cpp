@@ -43,7 +43,8 @@ Status MethodTable::add(MethodInfo method) {
   return {};
 }
 
-Status MethodTable::add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler) {
+Status MethodTable::add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler,
+                                  StreamQos qos) {
   if (!handler) return Status(StatusCode::invalid_argument, "method '" + name + "' has no handler");
   return add({id, std::move(name), kind, [h = std::move(handler)](ServerCall call) {
                 auto ex = call.session().io().get_executor();
@@ -59,7 +60,8 @@ Status MethodTable::add_coroutine(std::uint32_t id, std::string name, CallKind k
                         call.finish(Status(StatusCode::internal, "handler threw an exception"));
                       }
                     });
-              }});
+              },
+              qos});
 }
 
 Status MethodTable::add_unary(std::uint32_t id, std::string name,

@@ -409,6 +409,7 @@ void Session::handle_request(wire::Frame& f, Deferred& later) {
     request = std::move(parts->second);
   }
   auto call = accept_call_locked(f, method->kind, parts->first, std::move(request));
+  call->qos = method->qos;
   dispatch_locked(call, method, later);
 }
 

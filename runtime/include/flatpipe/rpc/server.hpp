@@ -37,7 +37,8 @@ class Server {
   // listening.
   Status add(MethodInfo method);
   Status add_unary(std::uint32_t id, std::string name, std::function<Result<Buffer>(CallContext&, const Buffer&)> fn);
-  Status add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler);
+  Status add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler,
+                       StreamQos qos = StreamQos::reliable);
 
   // Binds and starts serving `uri`; returns the endpoint actually bound (port 0 filled in).
   // Errors: INVALID_ARGUMENT (bad URI, unknown scheme), ALREADY_EXISTS (in use), UNAVAILABLE.

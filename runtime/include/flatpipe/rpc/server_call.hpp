@@ -83,6 +83,9 @@ struct MethodInfo {
   std::string name;  // "pkg.Service.Method", for errors and introspection
   CallKind kind = CallKind::unary;
   Handler handler;
+  // The QoS of the stream the handler writes (server streaming, bidi): `latest` lets a newer
+  // message replace one still waiting for the reader's credit. From the schema's `latest`.
+  StreamQos qos = StreamQos::reliable;
 };
 
 // The methods a side serves. Fill it before serving; it is read without locks afterwards.
@@ -91,7 +94,8 @@ class MethodTable {
   // INVALID_ARGUMENT for id 0 or an empty handler; ALREADY_EXISTS naming both methods when the
   // id is taken.
   Status add(MethodInfo method);
-  Status add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler);
+  Status add_coroutine(std::uint32_t id, std::string name, CallKind kind, CoroutineHandler handler,
+                       StreamQos qos = StreamQos::reliable);
   // A unary method from a plain function, run where handlers run. A Notification to this id
   // runs it too, and its result is dropped.
   Status add_unary(std::uint32_t id, std::string name,
