@@ -1275,6 +1275,28 @@ TEST_P(FullMode, LatestQosNeverBlocksAndKeepsNewest) {
       << "every message is either delivered or counted as dropped";
 }
 
+// `latest` QoS declared by the method (MethodInfo::qos) governs the server's writes: with a
+// reader that does not read, the handler's writes never wait (a reliable writer would stop after
+// the initial credit); the reader then gets fewer messages than written, in order, newest last.
+TEST_P(FullMode, MethodLatestQosGovernsServerWrites) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  auto c = h().connect();
+  ASSERT_TRUE(c.ok()) << describe(c);
+  constexpr std::size_t kWrites = 1000;
+  auto s = c->open(method::flood_latest, CallKind::server_stream, Buffer::copy(std::to_string(kWrites)));
+  ASSERT_TRUE(s.ok()) << describe(s);
+  ASSERT_TRUE(eventually([&] { return state().flood_done.load(); }))
+      << "the handler's writes waited for credit: " << state().flood_written.load() << " written";
+  Status end;
+  auto msgs = read_all(*s, end, kWrites + 10);
+  EXPECT_TRUE(end.ok()) << describe(end);
+  ASSERT_FALSE(msgs.empty());
+  EXPECT_LT(msgs.size(), kWrites) << "nothing was dropped";
+  EXPECT_EQ(msgs.back(), sequenced(kWrites - 1)) << "the newest message must arrive last";
+  EXPECT_TRUE(std::is_sorted(msgs.begin(), msgs.end())) << "messages out of order";
+  EXPECT_EQ(std::adjacent_find(msgs.begin(), msgs.end()), msgs.end()) << "a message arrived twice";
+}
+
 // The same, but the writer ends its stream before the reader resumes: the pending newest
 // message is still delivered (docs/protocol.md section 11: it "is sent when credit arrives").
 TEST_P(FullMode, LatestQosNewestSurvivesWriteDone) {

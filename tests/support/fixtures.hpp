@@ -180,6 +180,7 @@ inline constexpr std::uint32_t pool_stream = 15;    // server stream, plain hand
 inline constexpr std::uint32_t pool_bidi = 16;      // bidi, plain handler, blocking read/write
 inline constexpr std::uint32_t tagged = 17;         // unary: 8-byte (caller, seq) tag, counted per tag
 inline constexpr std::uint32_t hold_io = 18;        // unary: blocks the thread it runs on until released
+inline constexpr std::uint32_t flood_latest = 19;   // flood, as a `latest` QoS server stream
 inline constexpr std::uint32_t unknown = 4242;      // never registered
 
 // Served by the client side (ClientOptions::methods), called by the server.
@@ -414,21 +415,24 @@ inline Status register_test_service(Server& server, const std::shared_ptr<Servic
                             call.finish(Status());
                           }));
 
-  ok(server.add_coroutine(method::flood, "test.Svc.Flood", CallKind::server_stream,
-                          [st](ServerCall call) -> asio::awaitable<void> {
-                            const std::string req = call.request().to_string();
-                            const auto colon = req.find(':');
-                            const auto n = static_cast<std::size_t>(std::stoul(req.substr(0, colon)));
-                            const std::size_t size =
-                                colon == std::string::npos ? 0 : static_cast<std::size_t>(std::stoul(req.substr(colon + 1)));
-                            for (std::size_t i = 0; i < n; ++i) {
-                              Status w = co_await call.async_write(Buffer::copy(sequenced(i, size)), asio::use_awaitable);
-                              if (!w.ok()) co_return;
-                              ++st->flood_written;
-                            }
-                            st->flood_done = true;
-                            call.finish(Status());
-                          }));
+  // flood and flood_latest: the same handler; only the method's stream QoS differs.
+  auto flood = [st](ServerCall call) -> asio::awaitable<void> {
+    const std::string req = call.request().to_string();
+    const auto colon = req.find(':');
+    const auto n = static_cast<std::size_t>(std::stoul(req.substr(0, colon)));
+    const std::size_t size =
+        colon == std::string::npos ? 0 : static_cast<std::size_t>(std::stoul(req.substr(colon + 1)));
+    for (std::size_t i = 0; i < n; ++i) {
+      Status w = co_await call.async_write(Buffer::copy(sequenced(i, size)), asio::use_awaitable);
+      if (!w.ok()) co_return;
+      ++st->flood_written;
+    }
+    st->flood_done = true;
+    call.finish(Status());
+  };
+  ok(server.add_coroutine(method::flood, "test.Svc.Flood", CallKind::server_stream, flood));
+  ok(server.add_coroutine(method::flood_latest, "test.Svc.FloodLatest", CallKind::server_stream, flood,
+                          flatpipe::StreamQos::latest));
 
   ok(server.add_coroutine(method::gated_reader, "test.Svc.GatedReader", CallKind::client_stream,
                           [st](ServerCall call) -> asio::awaitable<void> {

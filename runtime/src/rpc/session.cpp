@@ -737,7 +737,7 @@ void Session::release_writer_locked(const CallPtr& call, Deferred& later) {
   const bool full = full_locked() && (features_ & feature::flow_control);
   while (true) {
     if (!call->latest_pending && !call->blocked_message) {
-      if (call->end_pending) send_end_locked(call);  // StreamEnd costs no credit
+      if (call->end_pending) send_end_locked(call, later);  // StreamEnd costs no credit
       return;
     }
     if (full && call->credit == 0) return;
@@ -1008,11 +1008,16 @@ void Session::write_done(const CallPtr& call) {
     call->end_pending = true;
     return;
   }
-  send_end_locked(call);
+  Deferred none;  // an outgoing call's end completes nothing
+  send_end_locked(call, none);
 }
 
-void Session::send_end_locked(const CallPtr& call) {
+void Session::send_end_locked(const CallPtr& call, Deferred& later) {
   call->end_pending = false;
+  if (!call->outgoing) {
+    end_incoming_stream_locked(call, call->end_flags, std::move(call->end_trailer), later);
+    return;
+  }
   if (!full_locked() && call->kind == CallKind::client_stream) {
     Buffer last = call->holdback ? std::move(*call->holdback) : Buffer{};
     call->holdback.reset();
@@ -1072,7 +1077,17 @@ void Session::finish(const CallPtr& call, Result<Buffer> outcome) {
     }
     const Status status = outcome.status();
     const bool streams_out = call->kind == CallKind::server_stream || call->kind == CallKind::bidi;
+    if (call->end_pending) return;  // already finished; the end waits behind a `latest` message
     if (call->latest_pending) {
+      if (status.ok() && streams_out) {
+        // The freshest message is not lost to a clean end: it goes first, when credit allows,
+        // and the end follows it (release_writer_locked -> send_end_locked).
+        call->out_done = true;
+        call->end_pending = true;
+        call->end_flags = bits;
+        call->end_trailer = std::move(extra);
+        return;
+      }
       ++stats_.messages_dropped_latest;
       call->latest_pending.reset();
     }
@@ -1086,11 +1101,11 @@ void Session::finish(const CallPtr& call, Result<Buffer> outcome) {
       }
     } else if (status.ok()) {
       if (streams_out) {
-        send_locked(wire::OutFrame(FrameType::stream_end, bits, call->id, call->method, {}, std::move(extra)));
-      } else {
-        send_locked(wire::OutFrame(FrameType::response, bits, call->id, call->method, std::move(outcome).value(),
-                                   std::move(extra)));
+        end_incoming_stream_locked(call, bits, std::move(extra), later);
+        return;
       }
+      send_locked(wire::OutFrame(FrameType::response, bits, call->id, call->method, std::move(outcome).value(),
+                                 std::move(extra)));
     } else {
       if (full) {
         extra += wire::encode_status(status, true);
@@ -1100,16 +1115,26 @@ void Session::finish(const CallPtr& call, Result<Buffer> outcome) {
       }
       send_locked(wire::OutFrame(failure_type(*call), bits, call->id, call->method, {}, std::move(extra)));
     }
-    remove_locked(call);
-    call->final_status = status.ok() ? Status(StatusCode::failed_precondition, "the call already finished") : status;
-    release_writer_locked(call, later);
-    if (call->reader) {
-      later.complete(std::move(call->reader), ReadResult(std::optional<Buffer>()));
-      call->reader = nullptr;
-    }
-    check_drained_locked(later);
+    retire_incoming_locked(call, status, later);
   }
   later.run();
+}
+
+void Session::end_incoming_stream_locked(const CallPtr& call, std::uint16_t bits, std::string trailer,
+                                         Deferred& later) {
+  send_locked(wire::OutFrame(FrameType::stream_end, bits, call->id, call->method, {}, std::move(trailer)));
+  retire_incoming_locked(call, Status(), later);
+}
+
+void Session::retire_incoming_locked(const CallPtr& call, const Status& status, Deferred& later) {
+  remove_locked(call);
+  call->final_status = status.ok() ? Status(StatusCode::failed_precondition, "the call already finished") : status;
+  release_writer_locked(call, later);
+  if (call->reader) {
+    later.complete(std::move(call->reader), ReadResult(std::optional<Buffer>()));
+    call->reader = nullptr;
+  }
+  check_drained_locked(later);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -114,6 +114,10 @@ struct CallState {
   // Incoming calls.
   std::optional<CallContext> context;
   Buffer request;
+  // A handler finished its stream while a `latest` message still waited for credit: the end
+  // (StreamEnd with these flags and trailer) goes out after that message (end_pending is set).
+  std::uint16_t end_flags = 0;
+  std::string end_trailer;
 };
 
 }  // namespace detail
@@ -230,7 +234,12 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   void send_error_locked(std::uint32_t id, std::uint32_t method, const Status& status,
                          wire::FrameType type = wire::FrameType::error);
   void grant_credit_locked(const CallPtr& call);
-  void send_end_locked(const CallPtr& call);
+  void send_end_locked(const CallPtr& call, Deferred& later);
+  // The successful end of an incoming server-streaming or bidi call: StreamEnd, then the call
+  // leaves the table.
+  void end_incoming_stream_locked(const CallPtr& call, std::uint16_t bits, std::string trailer, Deferred& later);
+  // What every finished incoming call does last: leaves the table and releases waiters.
+  void retire_incoming_locked(const CallPtr& call, const Status& status, Deferred& later);
   void release_writer_locked(const CallPtr& call, Deferred& later);
   void fail_protocol_locked(StatusCode code, std::string why);
   void track_deadline_locked(const CallPtr& call);
