@@ -2,7 +2,7 @@
 
   --frontend EXE [-I DIR]... SCHEMA.fbs --out-dir DIR    parse with the front end, then generate
   --model MODEL.json --out-dir DIR                        generate from a model printed earlier
-  --depfile FILE                                          also write a Make-style depfile
+  --depfile FILE [--depfile-target PATH]                  also write a Make-style depfile
 
 Exit status: 0 done; 1 schema error (one `file:line: error: ...` line on stderr); 2 bad usage or
 an environment problem (front end missing, unwritable output). Never a traceback.
@@ -38,6 +38,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out-dir", required=True, help="where <schema>_flatpipe.hpp is written")
     p.add_argument("--templates", default=None, help="template directory (default: the installed one)")
     p.add_argument("--depfile", default=None, help="write a Make-style depfile listing every schema read")
+    p.add_argument("--depfile-target", action="append", default=[], metavar="PATH",
+                   help="the output the depfile names (default: the generated headers)")
     p.add_argument("--version", action="version", version=f"flatpipe_compiler {VERSION}")
     args = p.parse_args(argv)
     if args.frontend and not args.schema:
@@ -109,7 +111,8 @@ def run(argv: list[str]) -> int:
             written.append(path)
         if args.depfile:
             deps = [os.path.abspath(f) for f in schema.files]
-            target = " ".join(_depfile_escape(os.path.abspath(p)) for p in written)
+            named = args.depfile_target or written
+            target = " ".join(_depfile_escape(os.path.abspath(p)) for p in named)
             _write_if_changed(args.depfile, f"{target}: " + " ".join(_depfile_escape(d) for d in deps) + "\n")
     except OSError as e:
         raise UsageError(f"cannot write {e.filename}: {e.strerror}") from None
