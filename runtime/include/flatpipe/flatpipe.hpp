@@ -9,6 +9,7 @@
 #include "flatpipe/rpc/server.hpp"
 #include "flatpipe/rpc/server_call.hpp"
 #include "flatpipe/rpc/session.hpp"
+#include "flatpipe/rpc/typed.hpp"
 #include "flatpipe/runtime.hpp"
 #include "flatpipe/status.hpp"
 #include "flatpipe/transport/endpoint.hpp"

@@ -38,10 +38,20 @@ class Message {
     flatbuffers::Verifier verifier(bytes.data(), bytes.size(), limits.max_depth, limits.max_tables);
     if (bytes.size() < sizeof(flatbuffers::uoffset_t) || !verifier.VerifyBuffer<T>(nullptr)) {
       return Status(StatusCode::invalid_argument,
-                    std::string("message is not a valid ") + T::GetFullyQualifiedName() + " (" +
+                    std::string("message is not a valid ") + type_name() + " (" +
                         std::to_string(bytes.size()) + " bytes failed FlatBuffers verification)");
     }
     return Message(std::move(bytes));
+  }
+
+  // T's fully qualified schema name when flatc generated it (--gen-name-strings, which
+  // flatpipe_generate passes), "FlatBuffers table" otherwise.
+  static const char* type_name() noexcept {
+    if constexpr (requires { T::GetFullyQualifiedName(); }) {
+      return T::GetFullyQualifiedName();
+    } else {
+      return "FlatBuffers table";
+    }
   }
 
   // Trusts `bytes` without verifying: only for bytes this process built itself.

@@ -90,6 +90,11 @@ class ClientStream {
   // A builder for this stream's next message (see Session::builder).
   MessageBuilder builder(std::size_t initial_size = 1024) const { return owner_->session->builder(initial_size); }
 
+  // The session and call state, for layers built on the stream (the typed streams of
+  // flatpipe/rpc/typed.hpp). Valid while valid() is true.
+  const std::shared_ptr<Session>& session() const noexcept { return owner_->session; }
+  const std::shared_ptr<detail::CallState>& state() const noexcept { return call_; }
+
  private:
   std::shared_ptr<detail::SessionOwner> owner_;
   std::shared_ptr<detail::CallState> call_;

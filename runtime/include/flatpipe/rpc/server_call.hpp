@@ -68,6 +68,11 @@ class ServerCall {
   // A builder for this call's response or stream messages (see Session::builder).
   MessageBuilder builder(std::size_t initial_size = 1024) const { return session_->builder(initial_size); }
 
+  // The session and call state, for layers built on the call (the typed server calls of
+  // flatpipe/rpc/typed.hpp).
+  const std::shared_ptr<Session>& session_handle() const noexcept { return session_; }
+  const std::shared_ptr<detail::CallState>& state() const noexcept { return call_; }
+
  private:
   std::shared_ptr<Session> session_;
   std::shared_ptr<detail::CallState> call_;
