@@ -135,7 +135,8 @@ class SocketChannel final : public Channel {
         std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
         end_ -= begin_;
         begin_ = 0;
-        if (buf_.size() < want) buf_.resize(want);
+        // Room for several frames of this size, so the tail of a read is rarely moved.
+        if (buf_.size() < 4 * want) buf_.resize(4 * want);
       }
       const ssize_t n = ::recv(fd_, buf_.data() + end_, buf_.size() - end_, 0);
       if (n == 0) return false;
