@@ -23,6 +23,7 @@ TransportRegistry TransportRegistry::with_defaults() {
   registry.add(make_tcp_transport());
   registry.add(make_unix_transport());
   registry.add(make_inproc_transport());
+  registry.add(make_udp_transport());
   return registry;
 }
 
