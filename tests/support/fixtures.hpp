@@ -213,7 +213,7 @@ inline constexpr std::uint32_t client_park = 102;   // unary: parked on the clie
 
 // 8-digit, zero-padded sequence number, padded with 'x' up to `size` bytes.
 inline std::string sequenced(std::size_t seq, std::size_t size = 0) {
-  char digits[16];
+  char digits[24];
   std::snprintf(digits, sizeof digits, "%08zu", seq);
   std::string s(digits);
   if (s.size() < size) s.append(size - s.size(), 'x');
