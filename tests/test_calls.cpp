@@ -114,6 +114,14 @@ std::vector<std::string> numbered(const std::string& prefix, int n) {
 // ---------------------------------------------------------------------------------------------
 // Suites
 
+// The tests that also hold on a transport that may lose frames (TransportCase::reliable false):
+// unary calls, notifications, errors and deadlines. On loopback nothing is lost at these rates.
+// (UnaryBlocking sends 1 MiB, more than a datagram; UnknownMethod... and MetadataBothWays open
+// reliable streams: udp refuses those, which tests/test_udp.cpp checks.)
+const bool kDatagramSafe = mark_datagram_safe({
+    "UnaryCallback", "UnaryCoroutine", "HandlerStatusArrivesExactly", "UnaryDeadlineExceeded",
+    "BothEndsOpenCalls", "Notification", "TwentyCallersTwoHundredCallsOneConnection"});
+
 class Calls : public RpcTest {};
 class FullMode : public RpcTest {};
 class CompatMode : public RpcTest {};

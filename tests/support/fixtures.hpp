@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <ostream>
 #include <string>
 #include <thread>
@@ -65,7 +66,22 @@ inline constexpr std::chrono::milliseconds kWait = 5s;
 struct TransportCase {
   std::string name;                         // test-name suffix: letters, digits, '_' only
   std::function<std::string()> listen_uri;  // a fresh endpoint to listen on (port 0 allowed)
+  // false for a transport that may lose frames (udp). RpcTest then runs only the tests marked
+  // datagram-safe (mark_datagram_safe below) and skips the rest: reliable streams, flow
+  // control and disconnect detection cannot be promised there (docs/transports/udp.md).
+  bool reliable = true;
 };
+
+// Names of the TEST_Ps (without the "/param" suffix) that hold on an unreliable transport too.
+inline std::set<std::string>& datagram_safe_tests() {
+  static std::set<std::string> names;
+  return names;
+}
+// For a test file's static initializer: `const bool kMarked = mark_datagram_safe({...});`.
+inline bool mark_datagram_safe(std::initializer_list<const char*> names) {
+  for (const char* n : names) datagram_safe_tests().insert(n);
+  return true;
+}
 
 // A socket path no other test process (ctest -j) or test in this process uses.
 inline std::string unique_unix_uri() {
@@ -73,11 +89,19 @@ inline std::string unique_unix_uri() {
   return "unix:///tmp/fp-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".sock";
 }
 
+// An inproc name no other test in this process uses (names are process-global).
+inline std::string unique_inproc_uri() {
+  static std::atomic<unsigned> counter{0};
+  return "inproc://fp-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
 // Every transport the parameterized suites run over. ONE line per transport.
 inline const std::vector<TransportCase>& transports() {
   static const std::vector<TransportCase> table = {
       {"tcp", [] { return std::string("tcp://127.0.0.1:0"); }},
       {"unix", [] { return unique_unix_uri(); }},
+      {"inproc", [] { return unique_inproc_uri(); }},
+      {"udp", [] { return std::string("udp://127.0.0.1:0"); }, /*reliable=*/false},
   };
   return table;
 }
@@ -190,7 +214,7 @@ inline constexpr std::uint32_t client_park = 102;   // unary: parked on the clie
 
 // 8-digit, zero-padded sequence number, padded with 'x' up to `size` bytes.
 inline std::string sequenced(std::size_t seq, std::size_t size = 0) {
-  char digits[16];
+  char digits[24];
   std::snprintf(digits, sizeof digits, "%08zu", seq);
   std::string s(digits);
   if (s.size() < size) s.append(size - s.size(), 'x');
@@ -648,6 +672,14 @@ class Harness {
 // Base fixture: start() brings up the harness (tests that need other options pass them).
 class RpcTest : public ::testing::TestWithParam<TestParam> {
  protected:
+  void SetUp() override {
+    if (GetParam().transport.reliable) return;
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    name = name.substr(0, name.find('/'));
+    if (!datagram_safe_tests().count(name)) {
+      GTEST_SKIP() << GetParam().transport.name << " may lose frames; this test needs a reliable transport";
+    }
+  }
   void start(HarnessOptions options = {}) {
     h_ = std::make_unique<Harness>(GetParam(), std::move(options));
     ASSERT_TRUE(h_->ok()) << h_->error();

@@ -163,6 +163,7 @@ Session::Session(Role role, std::shared_ptr<FrameConnection> connection, asio::i
       methods_(std::move(methods)),
       handler_executor_(std::move(handler_executor)),
       peer_(conn_->peer()),
+      traits_(conn_->traits()),
       deadline_timer_(io),
       keepalive_timer_(io),
       handshake_timer_(io) {}
@@ -399,6 +400,11 @@ void Session::handle_request(wire::Frame& f, Deferred& later) {
                                                  (streaming ? "a streaming call" : "unary")));
     return;
   }
+  if (!traits_.reliable && method->qos == StreamQos::reliable &&
+      (method->kind == CallKind::server_stream || method->kind == CallKind::bidi)) {
+    reject(unreliable_stream_refusal());  // its handler could only lose messages silently
+    return;
+  }
   auto parts = split_headers(f, full_locked() && (h.flags & flags::headers));
   if (!parts) {
     reject(parts.status());
@@ -554,10 +560,16 @@ void Session::handle_stream_data(wire::Frame& f, Deferred& later) {
     ++stats_.frames_ignored;
     return;
   }
-  if (full_locked() && (features_ & feature::flow_control) && call->inbox.size() >= options_.initial_credit) {
+  if (credit_flow_locked() && call->inbox.size() >= options_.initial_credit) {
     fail_protocol_locked(StatusCode::resource_exhausted,
                          "peer sent StreamData beyond its credit on request " + std::to_string(h.request_id));
     return;
+  }
+  if (!traits_.reliable && !call->reader && call->inbox.size() >= std::max<std::uint32_t>(1, options_.initial_credit)) {
+    // No credit on a lossy connection (only `latest` streams travel on it): the reader keeps
+    // the newest initial_credit messages and drops the oldest.
+    call->inbox.pop_front();
+    ++stats_.messages_dropped_latest;
   }
   deliver_locked(call, whole_payload(f), later);
   // Final on the caller's data ends the caller's direction (netpipe sends no StreamEnd after the
@@ -688,6 +700,16 @@ void Session::fail_protocol_locked(StatusCode code, std::string why) {
 // Frames out
 
 std::optional<Status> Session::too_large_locked(std::size_t payload) const {
+  // What one message of the connection can carry (one datagram, for udp).
+  if (traits_.max_message < SIZE_MAX &&
+      (traits_.max_message < wire::kHeaderSize || payload > traits_.max_message - wire::kHeaderSize)) {
+    const std::size_t room = traits_.max_message < wire::kHeaderSize ? 0 : traits_.max_message - wire::kHeaderSize;
+    return Status(StatusCode::resource_exhausted,
+                  "message of " + std::to_string(payload) + " bytes does not fit one message of " + peer_ +
+                      ": at most " + std::to_string(room) + " bytes of payload (" +
+                      std::to_string(traits_.max_message) + " bytes with the 16-byte frame header); " +
+                      "send it in parts or use a stream transport");
+  }
   // The peer's limit in full mode; towards netpipe only what the 32-bit length can express.
   const std::uint64_t limit = mode_ == Mode::full ? peer_max_frame_ - wire::kHeaderSize : UINT32_MAX - wire::kHeaderSize;
   if (payload <= limit) return std::nullopt;
@@ -714,7 +736,7 @@ void Session::send_stream_data_locked(const CallPtr& call, Buffer message, std::
 }
 
 void Session::grant_credit_locked(const CallPtr& call) {
-  if (!full_locked() || !(features_ & feature::flow_control) || !call->open || call->in_done) return;
+  if (!credit_flow_locked() || !call->open || call->in_done) return;
   if (call->consumed < std::max<std::uint32_t>(1, options_.initial_credit / 2)) return;
   std::string inc(4, '\0');
   wire::put_u32(reinterpret_cast<std::uint8_t*>(inc.data()), call->consumed);
@@ -734,7 +756,7 @@ void Session::release_writer_locked(const CallPtr& call, Deferred& later) {
     }
     return;
   }
-  const bool full = full_locked() && (features_ & feature::flow_control);
+  const bool full = credit_flow_locked();
   while (true) {
     if (!call->latest_pending && !call->blocked_message) {
       if (call->end_pending) send_end_locked(call, later);  // StreamEnd costs no credit
@@ -822,7 +844,8 @@ std::optional<Status> refuse_call(bool closed, const std::optional<Status>& reas
 
 }  // namespace
 
-void Session::start_unary(std::uint32_t method, Buffer request, const CallOptions& options, ResponseHandler done) {
+void Session::start_unary(std::uint32_t method, Buffer request, const CallOptions& given, ResponseHandler done) {
+  const CallOptions options = effective_options(given);
   Deferred later;
   {
     std::lock_guard lk(mu_);
@@ -843,9 +866,14 @@ void Session::start_unary(std::uint32_t method, Buffer request, const CallOption
 }
 
 Result<std::shared_ptr<detail::CallState>> Session::open_stream(std::uint32_t method, CallKind kind, Buffer request,
-                                                                 const CallOptions& options) {
+                                                                 const CallOptions& given) {
+  const CallOptions options = effective_options(given);
   std::lock_guard lk(mu_);
   if (kind == CallKind::unary) return Status(StatusCode::invalid_argument, "open_stream needs a streaming kind");
+  if (!traits_.reliable && options.qos == StreamQos::reliable &&
+      (kind == CallKind::client_stream || kind == CallKind::bidi)) {
+    return unreliable_stream_refusal();
+  }
   if (kind != CallKind::server_stream) request = {};
   std::string extra;
   std::uint16_t bits = call_headers_locked(options, extra);
@@ -859,6 +887,20 @@ Result<std::shared_ptr<detail::CallState>> Session::open_stream(std::uint32_t me
   bits |= kind == CallKind::server_stream ? flags::streaming | flags::requires_ack : flags::streaming;
   send_locked(wire::OutFrame(FrameType::request, bits, call->id, method, std::move(request), std::move(extra)));
   return call;
+}
+
+Status Session::unreliable_stream_refusal() const {
+  const auto sep = peer_.find("://");
+  const std::string scheme = sep == std::string::npos ? std::string("this transport") : peer_.substr(0, sep);
+  return Status(StatusCode::failed_precondition,
+                scheme + " cannot carry a reliable stream; use qos latest or a stream transport");
+}
+
+CallOptions Session::effective_options(const CallOptions& options) const {
+  if (traits_.reliable || options.deadline || options_.unreliable_call_timeout.count() <= 0) return options;
+  CallOptions out = options;
+  out.deadline = Clock::now() + options_.unreliable_call_timeout;
+  return out;
 }
 
 // The header block of a Request (deadline and metadata), full mode only. Returns the flag bits.
@@ -881,6 +923,7 @@ Status Session::notify(std::uint32_t method, Buffer payload) {
     // netpipe servers answer a Notification as a Request, or take it for a reply to a call of theirs.
     return Status(StatusCode::failed_precondition, "notifications are not sent to netpipe peers");
   }
+  if (auto big = too_large_locked(payload.size())) return *big;
   send_locked(wire::OutFrame(FrameType::notification, 0, 0, method, std::move(payload)));
   return {};
 }
@@ -958,12 +1001,14 @@ void Session::write(const CallPtr& call, Buffer message, StatusHandler done) {
       refuse = Status(StatusCode::failed_precondition, "the stream was already ended by this side");
     } else if (call->blocked_done) {
       refuse = Status(StatusCode::failed_precondition, "a write is already waiting on this stream");
+    } else if (!traits_.reliable && call->qos == StreamQos::reliable) {
+      refuse = unreliable_stream_refusal();
     } else if (auto big = too_large_locked(message.size())) {
       refuse = *big;
     }
     if (!refuse.ok()) {
       later.complete(std::move(done), refuse);
-    } else if (full_locked() && (features_ & feature::flow_control)) {
+    } else if (credit_flow_locked()) {
       // Credit bounds what the reader must hold; the connection's high-water mark bounds what
       // this side queues (credit x message size could be large).
       if (call->credit > 0 && !call->latest_pending && !conn_congested_) {
@@ -979,6 +1024,15 @@ void Session::write(const CallPtr& call, Buffer message, StatusHandler done) {
         call->blocked_done = std::move(done);
         if (conn_congested_) congested_writers_.push_back(call);
       }
+    } else if (conn_congested_ && call->qos == StreamQos::latest && !call->holdback) {
+      // A `latest` writer never waits, with or without credit: the newest message waits instead.
+      if (call->latest_pending) {
+        ++stats_.messages_dropped_latest;
+      } else {
+        congested_writers_.push_back(call);
+      }
+      call->latest_pending = std::move(message);
+      later.complete(std::move(done), Status());
     } else if (conn_congested_) {
       call->blocked_message = std::move(message);
       call->blocked_done = std::move(done);

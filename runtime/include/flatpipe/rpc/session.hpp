@@ -63,6 +63,10 @@ struct SessionOptions {
   std::chrono::milliseconds handshake_timeout{5000};
   // Compatible mode: messages queued on one stream before the connection stops reading.
   std::size_t compat_stream_queue = 256;
+  // On a connection that may lose frames (ConnectionTraits::reliable false, e.g. udp), a call
+  // started without a deadline gets one this far ahead, so a lost request or reply ends the call
+  // with DEADLINE_EXCEEDED instead of leaving it open for ever. 0 = no implicit deadline.
+  std::chrono::milliseconds unreliable_call_timeout{10000};
 };
 
 // Counters, for tests and monitoring.
@@ -250,6 +254,15 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   void check_drained_locked(Deferred& later);
   std::uint32_t next_request_id_locked();
   bool full_locked() const noexcept { return mode_ == Mode::full; }
+  // Credit-based flow control runs only in full mode, when the peer announced it, and on a
+  // reliable connection (a lost CREDIT frame would stall a stream for ever).
+  bool credit_flow_locked() const noexcept {
+    return mode_ == Mode::full && (features_ & wire::feature::flow_control) && traits_.reliable;
+  }
+  // FAILED_PRECONDITION for a reliable stream on a connection that may lose frames.
+  Status unreliable_stream_refusal() const;
+  // `options`, with the implicit deadline of an unreliable connection applied.
+  CallOptions effective_options(const CallOptions& options) const;
 
   const Role role_;
   const std::shared_ptr<FrameConnection> conn_;
@@ -258,6 +271,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   const std::shared_ptr<const MethodTable> methods_;
   const asio::any_io_executor handler_executor_;
   const std::string peer_;
+  const ConnectionTraits traits_;
 
   mutable std::mutex mu_;
   Mode mode_ = Mode::pending;

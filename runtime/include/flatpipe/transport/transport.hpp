@@ -49,6 +49,19 @@ struct ConnectionLimits {
   std::size_t low_water = 2u << 20;   // on_writable() once queued output falls to this
 };
 
+// What a connection can promise, for the core to refuse what it cannot carry instead of
+// pretending (docs/transports/*.md). Transport-neutral: the core never asks which transport.
+struct ConnectionTraits {
+  // Every frame handed to send() reaches the peer, or the connection fails (on_closed).
+  // false (udp): a frame may be lost without notice; the core then refuses reliable streams.
+  bool reliable = true;
+  // Frames arrive in the order they were sent.
+  bool ordered = true;
+  // Largest frame body (16-byte header + payload) that one send() can carry; the core refuses a
+  // bigger message at send time with RESOURCE_EXHAUSTED. SIZE_MAX: only the peer's max_frame limits.
+  std::size_t max_message = SIZE_MAX;
+};
+
 enum class SendResult : std::uint8_t {
   ok,                // queued or written
   above_high_water,  // queued, but the writer should wait for on_writable()
@@ -83,6 +96,9 @@ class FrameConnection {
   // body built with it stays valid while the Buffer holding it lives, even after the connection
   // closed. nullptr (the default): heap memory is as good as any. Thread-safe.
   virtual std::unique_ptr<flatbuffers::Allocator> make_body_allocator() { return nullptr; }
+  // What this connection promises; constant for its lifetime. Thread-safe. The default is a
+  // reliable, ordered byte stream without a size limit of its own.
+  virtual ConnectionTraits traits() const { return {}; }
 };
 
 class Listener {
@@ -126,7 +142,7 @@ class TransportRegistry {
   Transport* find(std::string_view scheme) const;
   std::vector<std::string> schemes() const;
 
-  // tcp and unix.
+  // tcp, unix, inproc and udp.
   static TransportRegistry with_defaults();
 
  private:
@@ -136,5 +152,10 @@ class TransportRegistry {
 // The built-in transports (each in its own folder of runtime/src/transport/).
 std::shared_ptr<Transport> make_tcp_transport();
 std::shared_ptr<Transport> make_unix_transport();
+// inproc://name: threads of one process, no sockets, message bodies handed over without copying.
+// Names are process-global, so Runtimes in one process reach each other (docs/transports/inproc.md).
+std::shared_ptr<Transport> make_inproc_transport();
+// udp://host:port: one frame per datagram, best effort (docs/transports/udp.md).
+std::shared_ptr<Transport> make_udp_transport();
 
 }  // namespace flatpipe
