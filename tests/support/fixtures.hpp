@@ -669,16 +669,21 @@ class Harness {
   std::string error_;
 };
 
+// Why the running test must be skipped on `p`'s transport: it may lose frames and the test is
+// not marked datagram-safe. nullopt: run it. Every parameterized fixture's SetUp() asks this.
+inline std::optional<std::string> reliable_only_skip(const TestParam& p) {
+  if (p.transport.reliable) return std::nullopt;
+  std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  name = name.substr(0, name.find('/'));
+  if (datagram_safe_tests().count(name)) return std::nullopt;
+  return p.transport.name + " may lose frames; this test needs a reliable transport";
+}
+
 // Base fixture: start() brings up the harness (tests that need other options pass them).
 class RpcTest : public ::testing::TestWithParam<TestParam> {
  protected:
   void SetUp() override {
-    if (GetParam().transport.reliable) return;
-    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    name = name.substr(0, name.find('/'));
-    if (!datagram_safe_tests().count(name)) {
-      GTEST_SKIP() << GetParam().transport.name << " may lose frames; this test needs a reliable transport";
-    }
+    if (auto why = reliable_only_skip(GetParam())) GTEST_SKIP() << *why;
   }
   void start(HarnessOptions options = {}) {
     h_ = std::make_unique<Harness>(GetParam(), std::move(options));
