@@ -126,7 +126,7 @@ class TransportRegistry {
   Transport* find(std::string_view scheme) const;
   std::vector<std::string> schemes() const;
 
-  // tcp and unix.
+  // tcp, unix and shm.
   static TransportRegistry with_defaults();
 
  private:
@@ -136,5 +136,7 @@ class TransportRegistry {
 // The built-in transports (each in its own folder of runtime/src/transport/).
 std::shared_ptr<Transport> make_tcp_transport();
 std::shared_ptr<Transport> make_unix_transport();
+// shm://name: shared-memory rings between processes of one machine (docs/transports/shm.md).
+std::shared_ptr<Transport> make_shm_transport();
 
 }  // namespace flatpipe
