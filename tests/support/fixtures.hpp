@@ -73,11 +73,18 @@ inline std::string unique_unix_uri() {
   return "unix:///tmp/fp-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".sock";
 }
 
+// An shm name no other test process (ctest -j) or test in this process uses.
+inline std::string unique_shm_uri() {
+  static std::atomic<unsigned> counter{0};
+  return "shm://fp-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
 // Every transport the parameterized suites run over. ONE line per transport.
 inline const std::vector<TransportCase>& transports() {
   static const std::vector<TransportCase> table = {
       {"tcp", [] { return std::string("tcp://127.0.0.1:0"); }},
       {"unix", [] { return unique_unix_uri(); }},
+      {"shm", [] { return unique_shm_uri(); }},
   };
   return table;
 }
