@@ -8,6 +8,7 @@
 #include <cstring>
 #include <cstdio>
 #include <iterator>
+#include <thread>
 
 #include <asio/post.hpp>
 
@@ -623,7 +624,12 @@ void ShmConnection::poll() {
     const auto slice_end = now + kSpinSlice;
     while (!(seen = work_visible()) && std::chrono::steady_clock::now() < slice_end) cpu_relax();
     if (seen) continue;
-    if (now - idle_since_ < tuning_.spin) break;
+    if (now - idle_since_ < tuning_.spin) {
+      // Let a thread this one keeps from running (a caller about to be woken by what was just
+      // delivered, on a machine with few cores) have the CPU before polling on.
+      std::this_thread::yield();
+      break;
+    }
     sleep();
     return;
   }
