@@ -21,22 +21,27 @@ using flatpipe::ServerCall;
 using flatpipe::Status;
 using flatpipe::StatusCode;
 
-Buffer make_blob(std::uint64_t seq, const std::uint8_t* data, std::size_t size) {
-  flatbuffers::FlatBufferBuilder fb(bench::builder_size(size));
+// A Blob built with the call's builder: in the connection's own send memory (the shm segment,
+// so the message is never copied; the heap for tcp and unix), as a real server would.
+Buffer make_blob(const ServerCall& call, std::uint64_t seq, const std::uint8_t* data, std::size_t size) {
+  flatpipe::MessageBuilder fb = call.builder(bench::builder_size(size));
   bench::build_blob(fb, seq, data, size);
-  return Buffer::adopt(fb);
+  return fb.release();
 }
 
 Status invalid(const char* what) { return Status(StatusCode::invalid_argument, what); }
 
 Status add_methods(flatpipe::Server& server) {
   // Unary: a fresh Blob with the request's seq and data.
-  Status st = server.add_unary(bench::kUnary, "flatpipe_bench.Bench.Unary",
-                               [](flatpipe::CallContext&, const Buffer& req) -> Result<Buffer> {
-                                 bench::BlobView v;
-                                 if (!bench::verify_blob(req.data(), req.size(), v)) return invalid("bad Blob");
-                                 return make_blob(v.seq, v.data, v.size);
-                               });
+  Status st = server.add({bench::kUnary, "flatpipe_bench.Bench.Unary", CallKind::unary, [](ServerCall call) {
+                            const Buffer& req = call.request();
+                            bench::BlobView v;
+                            if (!bench::verify_blob(req.data(), req.size(), v)) {
+                              call.finish(invalid("bad Blob"));
+                              return;
+                            }
+                            call.finish(make_blob(call, v.seq, v.data, v.size));
+                          }});
   if (!st.ok()) return st;
 
   // Server stream: `count` fresh Blobs of `size` bytes, for at most `millis` ms.
@@ -53,7 +58,7 @@ Status add_methods(flatpipe::Server& server) {
         const std::size_t size = sr->size();
         const auto until = bench::Clock::now() + std::chrono::milliseconds(sr->millis());
         for (std::uint64_t i = 0; i < count && bench::Clock::now() < until; ++i) {
-          Status w = co_await call.async_write(make_blob(i, bench::pattern(), size), asio::use_awaitable);
+          Status w = co_await call.async_write(make_blob(call, i, bench::pattern(), size), asio::use_awaitable);
           if (!w.ok()) co_return;
         }
         call.finish(Status());
@@ -75,7 +80,7 @@ Status add_methods(flatpipe::Server& server) {
                                 }
                                 ++n;
                               }
-                              call.finish(make_blob(n, nullptr, 0));
+                              call.finish(make_blob(call, n, nullptr, 0));
                             });
   if (!st.ok()) return st;
 
@@ -91,7 +96,7 @@ Status add_methods(flatpipe::Server& server) {
                                     call.finish(invalid("bad Blob"));
                                     co_return;
                                   }
-                                  Status w = co_await call.async_write(make_blob(v.seq, v.data, v.size),
+                                  Status w = co_await call.async_write(make_blob(call, v.seq, v.data, v.size),
                                                                        asio::use_awaitable);
                                   if (!w.ok()) co_return;
                                 }

@@ -4,7 +4,7 @@
     bench/run_bench.py [--build-dir build-bench] [--json] [--chart docs/bench.png | --no-chart]
                        [--samples N] [--seconds S] [--warmup S] [--systems raw,flatpipe,grpc]
 
-For every system and transport built (raw: tcp, unix, shm; flatpipe: tcp, unix; grpc: tcp, unix
+For every system and transport built (raw: tcp, unix, shm; flatpipe: tcp, unix, shm; grpc: tcp, unix
 when the gRPC baseline was built) it starts the server program, then the client program with the
 server's endpoint, as two processes; collects the client's lines (`name value unit`), samples
 the server's thread count from /proc/<pid>/status after each line, then closes the server's
@@ -206,7 +206,8 @@ def plan(build_dir, systems, tmpdir):
                         ("shm", f"shm://flatpipe-bench-raw-{os.getpid()}")):
             runs.append((f"raw {tr}", [prog, "server", "--listen", uri], [prog, "client"]))
     if "flatpipe" in systems and have("fp_bench_server") and have("fp_bench_client"):
-        for tr, uri in (("tcp", "tcp://127.0.0.1:0"), ("unix", uds("flatpipe"))):
+        for tr, uri in (("tcp", "tcp://127.0.0.1:0"), ("unix", uds("flatpipe")),
+                        ("shm", f"shm://flatpipe-bench-{os.getpid()}")):
             runs.append((f"flatpipe {tr}", [os.path.join(bench, "fp_bench_server"), "--listen", uri],
                          [os.path.join(bench, "fp_bench_client")]))
     if "grpc" in systems and have("grpc_bench_server") and have("grpc_bench_client"):

@@ -89,6 +89,12 @@ inline std::string unique_unix_uri() {
   return "unix:///tmp/fp-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".sock";
 }
 
+// An shm name no other test process (ctest -j) or test in this process uses.
+inline std::string unique_shm_uri() {
+  static std::atomic<unsigned> counter{0};
+  return "shm://fp-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
 // An inproc name no other test in this process uses (names are process-global).
 inline std::string unique_inproc_uri() {
   static std::atomic<unsigned> counter{0};
@@ -100,6 +106,7 @@ inline const std::vector<TransportCase>& transports() {
   static const std::vector<TransportCase> table = {
       {"tcp", [] { return std::string("tcp://127.0.0.1:0"); }},
       {"unix", [] { return unique_unix_uri(); }},
+      {"shm", [] { return unique_shm_uri(); }},
       {"inproc", [] { return unique_inproc_uri(); }},
       {"udp", [] { return std::string("udp://127.0.0.1:0"); }, /*reliable=*/false},
   };

@@ -142,7 +142,7 @@ class TransportRegistry {
   Transport* find(std::string_view scheme) const;
   std::vector<std::string> schemes() const;
 
-  // tcp, unix, inproc and udp.
+  // tcp, unix, shm, inproc and udp.
   static TransportRegistry with_defaults();
 
  private:
@@ -152,6 +152,8 @@ class TransportRegistry {
 // The built-in transports (each in its own folder of runtime/src/transport/).
 std::shared_ptr<Transport> make_tcp_transport();
 std::shared_ptr<Transport> make_unix_transport();
+// shm://name: shared-memory rings between processes of one machine (docs/transports/shm.md).
+std::shared_ptr<Transport> make_shm_transport();
 // inproc://name: threads of one process, no sockets, message bodies handed over without copying.
 // Names are process-global, so Runtimes in one process reach each other (docs/transports/inproc.md).
 std::shared_ptr<Transport> make_inproc_transport();
