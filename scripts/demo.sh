@@ -2,7 +2,7 @@
 # End-to-end demo:
 #  1. the robot example (examples/robot): robot_demo streams IMU, lidar, a map upload and teleop
 #     over tcp loopback in one process, then robot_server and robot_client do the same across two
-#     processes over a Unix socket; each prints per-stream messages, rate and latency;
+#     processes over shared memory; each prints per-stream messages, rate and latency;
 #  2. the echo example: one echo_server listening on TCP and on a Unix socket, and echo_client
 #     calling every kind of method over both plus one call in netpipe compatibility mode.
 #
@@ -31,23 +31,18 @@ tcp_uri=tcp://127.0.0.1:$port
 unix_uri=unix://$sock
 server_log=$(mktemp /tmp/flatpipe-demo-$$.XXXXXX.log)
 server_pid=
-robot_pid=
-robot_sock=
-robot_log=
 
 cleanup() {
   local rc=$?
-  for pid in $server_pid $robot_pid; do
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    fi
-  done
+  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
   if ((rc != 0)) && [[ -s $server_log ]]; then
     echo "--- echo_server output ---" >&2
     cat "$server_log" >&2
   fi
-  rm -f "$sock" "$server_log" ${robot_sock:+"$robot_sock"} ${robot_log:+"$robot_log"}
+  rm -f "$sock" "$server_log"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -56,37 +51,14 @@ trap 'exit 143' TERM
 
 fail() { echo "demo: $*" >&2; exit 1; }
 
-# Waits (at most 5 s) until a server's log shows it listening; fails if it exits first.
-wait_listening() {  # PID LOG
-  local pid=$1 log=$2
-  for _ in $(seq 100); do
-    grep -q "listening on" "$log" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; fail "server exited during startup"; }
-    sleep 0.05
-  done
-  cat "$log" >&2
-  fail "server did not start listening within 5 s"
-}
-
 echo "== robot example, one process over tcp loopback"
 echo "\$ $robot_dir/robot_demo --seconds $seconds"
 "$robot_dir/robot_demo" --seconds "$seconds" || fail "robot_demo failed"
 
 echo
-echo "== robot example, two processes over a Unix socket"
-robot_sock=/tmp/flatpipe-demo-robot-$$.sock
-robot_log=$(mktemp /tmp/flatpipe-demo-robot-$$.XXXXXX.log)
-echo "\$ $robot_dir/robot_server --listen unix://$robot_sock &"
-"$robot_dir/robot_server" --listen "unix://$robot_sock" >"$robot_log" 2>&1 &
-robot_pid=$!
-wait_listening "$robot_pid" "$robot_log"
-echo "\$ $robot_dir/robot_client --connect unix://$robot_sock --seconds $seconds"
-robot_rc=0
-"$robot_dir/robot_client" --connect "unix://$robot_sock" --seconds "$seconds" || robot_rc=$?
-kill "$robot_pid" 2>/dev/null || true
-wait "$robot_pid" 2>/dev/null || true
-rm -f "$robot_sock" "$robot_log"
-((robot_rc == 0)) || fail "robot_client failed (exit $robot_rc)"
+echo "== robot example, two processes over shared memory (zero-copy shm://)"
+bash examples/robot/robot_pair.sh "$robot_dir" "shm://flatpipe-demo-robot-$$" "$seconds" ||
+  fail "robot_server + robot_client over shm failed"
 echo
 echo "== echo example"
 
