@@ -144,7 +144,7 @@ def _method(svc_full: str, raw: dict[str, Any], file: str) -> Method:
         if mid == 0:
             raise SchemaError(file, line,
                               f"method {full} hashes to the reserved method id 0; give it a fixed id "
-                              f"with the id attribute, e.g. ({name}(...):... (id: 1))")
+                              f"with the id attribute, e.g. {name}(...):... (id: 1)")
 
     latest = "latest" in attrs
     if latest and kind == "unary":
