@@ -30,7 +30,7 @@ endforeach()
 set(configure_args
   -S "${WORK}/src" -B "${WORK}/build" -G "${GENERATOR}"
   "-DCMAKE_CXX_COMPILER=${CXX}"
-  -DCMAKE_BUILD_TYPE=Debug
+  "-DCMAKE_BUILD_TYPE="
   "-DCMAKE_CXX_FLAGS=-Wall -Wextra -Werror"
   "-DFLATPIPE_PYTHON=${PYTHON}")
 
