@@ -18,6 +18,14 @@
 
 include_guard(GLOBAL)
 
+# Kept as global properties: a project that add_subdirectory()s flatpipe calls flatpipe_generate
+# from directories where flatpipe's variables are not visible.
+if(NOT FLATPIPE_COMPILER_PYTHONPATH OR NOT FLATPIPE_TEMPLATES_DIR)
+  message(FATAL_ERROR "flatpipeGenerate.cmake: set FLATPIPE_COMPILER_PYTHONPATH and FLATPIPE_TEMPLATES_DIR before including it")
+endif()
+set_property(GLOBAL PROPERTY FLATPIPE_COMPILER_PYTHONPATH "${FLATPIPE_COMPILER_PYTHONPATH}")
+set_property(GLOBAL PROPERTY FLATPIPE_TEMPLATES_DIR "${FLATPIPE_TEMPLATES_DIR}")
+
 # A Python 3 that can import jinja2: FLATPIPE_PYTHON if set, else python3 on PATH, else Debian's
 # /usr/bin/python3 (python3-jinja2). Cached in FLATPIPE_PYTHON_EXECUTABLE.
 function(_flatpipe_find_python)
@@ -73,9 +81,8 @@ function(flatpipe_generate target)
   if(NOT TARGET flatpipe::flatpipe_schema)
     message(FATAL_ERROR "flatpipe_generate(${target}): the front end target flatpipe::flatpipe_schema is missing")
   endif()
-  if(NOT FLATPIPE_COMPILER_PYTHONPATH OR NOT FLATPIPE_TEMPLATES_DIR)
-    message(FATAL_ERROR "flatpipe_generate(${target}): FLATPIPE_COMPILER_PYTHONPATH / FLATPIPE_TEMPLATES_DIR not set")
-  endif()
+  get_property(FLATPIPE_COMPILER_PYTHONPATH GLOBAL PROPERTY FLATPIPE_COMPILER_PYTHONPATH)
+  get_property(FLATPIPE_TEMPLATES_DIR GLOBAL PROPERTY FLATPIPE_TEMPLATES_DIR)
   _flatpipe_find_python()
   _flatpipe_find_flatc(flatc)
 

@@ -552,6 +552,15 @@ TEST_P(Typed, CancellingAStreamIsObservedByTheHandler) {
   EXPECT_TRUE(fptest::eventually([&] { return st_->chat_saw_cancel.load(); }));
 }
 
+TEST_P(Typed, AStreamPastItsDeadlineFailsWithDeadlineExceededAndTheHandlerObservesIt) {
+  auto c = lab_.Chat(flatpipe::CallOptions::with_timeout(100ms));
+  ASSERT_TRUE(c.ok());
+  auto m = c->read();  // the handler writes nothing until it reads: this waits for the deadline
+  EXPECT_EQ(m.code(), StatusCode::deadline_exceeded) << m.status().to_string();
+  EXPECT_EQ(c->finish().code(), StatusCode::deadline_exceeded);
+  EXPECT_TRUE(fptest::eventually([&] { return st_->chat_saw_cancel.load(); }));
+}
+
 // ---- received messages that fail verification on the caller's side ----
 
 TEST_P(Typed, AResponseThatFailsVerificationIsInternal) {

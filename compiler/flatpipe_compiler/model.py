@@ -125,15 +125,18 @@ def _method(svc_full: str, raw: dict[str, Any], file: str) -> Method:
         kind = STREAMING_KINDS[value]
 
     if "id" in attrs:
+        # flatc parses attribute numbers as 32-bit signed integers, so ids above 2147483647 are
+        # written as strings: (id: "4000000000").
         text = attrs["id"]["value"]
         try:
-            mid = int(text, 0)
+            mid = int(text.strip(), 0)
         except ValueError:
             mid = -1
-        if attrs["id"]["string"] or not 1 <= mid <= 0xFFFFFFFF:
+        if not 1 <= mid <= 0xFFFFFFFF:
+            shown = f'"{text}"' if attrs["id"]["string"] else text
             raise SchemaError(file, line,
-                              f"method {full}: id {text} is not a method id; use an integer from 1 to "
-                              f"4294967295 (0 is reserved)")
+                              f"method {full}: id {shown} is not a method id; use an integer from 1 to "
+                              f'4294967295 (0 is reserved; above 2147483647 write it as a string: id: "N")')
         fixed = True
     else:
         mid = fnv1a32(full)
@@ -141,7 +144,7 @@ def _method(svc_full: str, raw: dict[str, Any], file: str) -> Method:
         if mid == 0:
             raise SchemaError(file, line,
                               f"method {full} hashes to the reserved method id 0; give it a fixed id "
-                              f"with the id attribute, e.g. ({name}(...):... (id: 1))")
+                              f"with the id attribute, e.g. {name}(...):... (id: 1)")
 
     latest = "latest" in attrs
     if latest and kind == "unary":
@@ -160,31 +163,34 @@ def _method(svc_full: str, raw: dict[str, Any], file: str) -> Method:
 
 
 def generated_members(svc: Service) -> dict[str, dict[str, str]]:
-    """The member names each generated class gets, with what each one is (for collisions)."""
-    client: dict[str, str] = {}
-    server: dict[str, str] = {}
-    ids: dict[str, str] = {}
+    """The member names each generated class gets, with what each one is. Raises SchemaError
+    when a method's name collides with one the generator adds (async_X, co_X, channel, ...)."""
+    classes: dict[str, dict[str, tuple[str, Method | None]]] = {
+        cls: {cls: (f"the generated class {svc.name}::{cls}", None)} for cls in ("Client", "Server", "Ids")}
+    classes["Client"]["channel"] = ("the generated accessor channel()", None)
+    classes["Client"]["channel_"] = ("the generated data member channel_", None)
 
-    def put(table: dict[str, str], name: str, what: str, method: Method, cls: str) -> None:
+    def put(cls: str, name: str, what: str, method: Method, generated: bool) -> None:
+        table = classes[cls]
         if name in table:
-            raise SchemaError(svc.file, method.line,
-                              f"method {method.full_name}: its generated member {svc.name}::{cls}::{name} "
-                              f"({what}) collides with {table[name]}; rename the method")
-        table[name] = what
+            other_what, other = table[name]
+            # Blame the method whose own name is the problem: the user's method that took the
+            # name a generated member needs, or the method named like a fixed generated member.
+            culprit = other if generated and other is not None else method
+            raise SchemaError(svc.file, culprit.line,
+                              f"{svc.name}::{cls}::{name} would be both {other_what} and {what}; "
+                              f"rename the method {culprit.full_name}")
+        table[name] = (what, method)
 
-    for cls, table in (("Client", client), ("Server", server), ("Ids", ids)):
-        table[cls] = f"the generated class {svc.name}::{cls}"
-    client["channel"] = "the generated accessor channel()"
-    client["channel_"] = "the generated data member channel_"
     for m in svc.methods:
-        put(client, m.name, f"the call of {m.full_name}", m, "Client")
-        put(server, m.name, f"the handler of {m.full_name}", m, "Server")
-        put(ids, m.name, f"the id of {m.full_name}", m, "Ids")
+        put("Client", m.name, f"the call of {m.full_name}", m, False)
+        put("Server", m.name, f"the handler of {m.full_name}", m, False)
+        put("Ids", m.name, f"the id of {m.full_name}", m, False)
     for m in svc.methods:
         if m.kind == "unary":
-            put(client, "async_" + m.name, f"the asynchronous call of {m.full_name}", m, "Client")
-            put(server, "co_" + m.name, f"the coroutine handler of {m.full_name}", m, "Server")
-    return {"Client": client, "Server": server, "Ids": ids}
+            put("Client", "async_" + m.name, f"the asynchronous call of {m.full_name}", m, True)
+            put("Server", "co_" + m.name, f"the coroutine handler of {m.full_name}", m, True)
+    return {cls: {name: what for name, (what, _) in table.items()} for cls, table in classes.items()}
 
 
 def _service(raw: dict[str, Any]) -> Service:
