@@ -2,11 +2,13 @@
 //
 // Runs every scenario against fp_bench_server over one connection and prints one line per
 // figure (`flatpipe.<transport>.<kind>.<metric>.<size> value unit`), then its own peak RSS and
-// thread count. The default Runtime (one I/O thread). Latency, in-flight and stream figures use
+// thread count. The default Runtime (one I/O thread). With an inproc:// URI the client serves the
+// Bench service itself, on the same Runtime, and calls it in process. Latency, in-flight and stream figures use
 // the coroutine API (co_await ... asio::use_awaitable), the idiomatic fast path; the blocking
 // client's unary latency is reported as its own kind, `unary_blocking`.
 #include <cstdio>
 #include <latch>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +20,7 @@
 
 #include "bench_common.hpp"
 #include "flatpipe/flatpipe.hpp"
+#include "fp_bench_service.hpp"
 
 namespace {
 
@@ -26,6 +29,7 @@ using flatpipe::Buffer;
 using flatpipe::CallKind;
 using flatpipe::Client;
 using flatpipe::ClientStream;
+using flatpipe::Result;
 using flatpipe::Status;
 
 const std::string kSystem = "flatpipe";
@@ -249,6 +253,18 @@ int main(int argc, char** argv) {
   const std::string tr = bench::transport_of(uri);
 
   flatpipe::Runtime runtime;  // the default: one I/O thread
+  // inproc:// has no other process to serve it: the Bench service runs here, on the same Runtime
+  // (one I/O thread for both ends, as an in-process user would have it).
+  std::unique_ptr<flatpipe::Server> local_server;
+  if (tr == "inproc") {
+    local_server = std::make_unique<flatpipe::Server>(runtime);
+    Status st = fp_bench::add_methods(*local_server);
+    auto bound = st.ok() ? local_server->listen(uri) : Result<std::string>(st);
+    if (!bound) {
+      bench::emit_error("serve " + uri + ": " + bound.status().to_string());
+      return 1;
+    }
+  }
   auto connected = Client::connect(runtime, uri);
   if (!connected) {
     bench::emit_error("connect " + uri + ": " + connected.status().to_string());
@@ -332,5 +348,6 @@ int main(int argc, char** argv) {
 
   bench::emit_process(kSystem, tr, "client", threads);
   client.close();
+  if (local_server) local_server->shutdown(std::chrono::milliseconds(500));
   return failures == 0 ? 0 : 1;
 }

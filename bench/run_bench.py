@@ -135,8 +135,32 @@ def parse_line(line, results, origin):
     return None
 
 
+def run_single(label, cmd, results):
+    """One process that is client and server at once (inproc); True when it ran to the end."""
+    log(f"running {label}")
+    started = time.monotonic()
+    with tempfile.TemporaryFile(mode="w+") as errfile:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, bufsize=1)
+        timer = threading.Timer(CLIENT_TIMEOUT, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                parse_line(line, results, label)
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+        if rc != 0:
+            errfile.seek(0)
+            results.errors.append(f"{label}: exited with status {rc}: {errfile.read().strip()[-500:]}")
+            log(f"  {label}: exited with status {rc}")
+    log(f"  {label}: {time.monotonic() - started:.1f} s")
+    return rc == 0
+
+
 def run_pair(label, server_cmd, client_cmd, results):
     """One server process and one client process; returns True when both ran to the end."""
+    if server_cmd is None:
+        return run_single(label, client_cmd, results)
     log(f"running {label}")
     started = time.monotonic()
     errfile = tempfile.TemporaryFile(mode="w+")
@@ -210,6 +234,9 @@ def plan(build_dir, systems, tmpdir):
                         ("shm", f"shm://flatpipe-bench-{os.getpid()}")):
             runs.append((f"flatpipe {tr}", [os.path.join(bench, "fp_bench_server"), "--listen", uri],
                          [os.path.join(bench, "fp_bench_client")]))
+        # inproc: one process, the client serves itself (no server process).
+        runs.append(("flatpipe inproc", None,
+                     [os.path.join(bench, "fp_bench_client"), "--connect", f"inproc://flatpipe-bench-{os.getpid()}"]))
     if "grpc" in systems and have("grpc_bench_server") and have("grpc_bench_client"):
         for tr, uri in (("tcp", "tcp://127.0.0.1:0"), ("unix", uds("grpc"))):
             runs.append((f"grpc {tr}", [os.path.join(bench, "grpc_bench_server"), "--listen", uri],
@@ -227,7 +254,7 @@ def compute_ratios(r):
         if va is not None and vb:
             ratios.append((name, va / vb))
 
-    for tr in ("tcp", "unix", "shm"):
+    for tr in ("tcp", "unix", "shm", "inproc"):
         for size in ("64B", "4KiB"):
             ratio(f"ratio.{tr}.unary.p50.{size}.flatpipe_over_raw",
                   f"flatpipe.{tr}.unary.p50.{size}", f"raw.{tr}.pingpong.p50.{size}")
