@@ -4,6 +4,7 @@
 #include <asio/ip/tcp.hpp>
 
 #include "flatpipe/transport/transport.hpp"
+#include "transport/bind_endpoint.hpp"
 #include "transport/socket_listener.hpp"
 #include "transport/stream_connection.hpp"
 
@@ -32,18 +33,11 @@ class TcpTransport final : public Transport {
 
   Result<std::shared_ptr<Listener>> listen(const Endpoint& endpoint, const TransportContext& ctx,
                                            AcceptHandler on_accept) override {
-    auto hp = split_host_port(endpoint.address);
-    if (!hp) return hp.status();
+    auto resolved = detail::bind_endpoint<tcp>(ctx.io, endpoint);
+    if (!resolved) return resolved.status();
+    const tcp::endpoint bind_ep = *resolved;
     std::error_code ec;
-    tcp::resolver resolver(ctx.io);
-    auto results = resolver.resolve(hp->first, std::to_string(hp->second),
-                                    tcp::resolver::passive | tcp::resolver::numeric_service, ec);
-    if (ec || results.empty()) {
-      return Status(StatusCode::invalid_argument,
-                    "cannot resolve '" + hp->first + "': " + (ec ? ec.message() : "no address"));
-    }
     tcp::acceptor acceptor(ctx.io);
-    const tcp::endpoint bind_ep = results.begin()->endpoint();
     acceptor.open(bind_ep.protocol(), ec);
     if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
     if (!ec) acceptor.bind(bind_ep, ec);

@@ -16,6 +16,7 @@
 //
 // Endpoint parameters: max_datagram=N (largest datagram, 64..65507; default 65507, IPv6 65527),
 // listener only: max_peers=N (default 1024), idle_ms=N (default 120000).
+#include "transport/bind_endpoint.hpp"
 #include "transport/udp/udp_counters.hpp"
 
 #include <sys/socket.h>
@@ -608,21 +609,14 @@ class UdpTransport final : public Transport {
 
   Result<std::shared_ptr<Listener>> listen(const Endpoint& endpoint, const TransportContext& ctx,
                                            AcceptHandler on_accept) override {
-    auto hp = split_host_port(endpoint.address);
-    if (!hp) return hp.status();
-    std::error_code ec;
-    udp::resolver resolver(ctx.io);
-    auto results = resolver.resolve(hp->first, std::to_string(hp->second),
-                                    udp::resolver::passive | udp::resolver::numeric_service, ec);
-    if (ec || results.empty()) {
-      return Status(StatusCode::invalid_argument,
-                    "cannot resolve '" + hp->first + "': " + (ec ? ec.message() : "no address"));
-    }
-    const udp::endpoint bind_ep = results.begin()->endpoint();
+    auto resolved = detail::bind_endpoint<udp>(ctx.io, endpoint);
+    if (!resolved) return resolved.status();
+    const udp::endpoint bind_ep = *resolved;
     auto options = parse_options(endpoint, true, bind_ep.address().is_v6());
     if (!options) return options.status();
     Strand strand = asio::make_strand(ctx.io);
     udp::socket socket(strand);
+    std::error_code ec;
     socket.open(bind_ep.protocol(), ec);
     if (!ec) socket.bind(bind_ep, ec);
     if (ec) {
