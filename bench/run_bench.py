@@ -385,20 +385,20 @@ def write_chart(path, info, r):
         ("unary round trip p50, 64 B (us, lower is better)", False,
          ["flatpipe", "flatpipe blocking", "raw", "grpc"],
          [(tr, [f"flatpipe.{tr}.unary.p50.64B", f"flatpipe.{tr}.unary_blocking.p50.64B",
-                f"raw.{tr}.pingpong.p50.64B", f"grpc.{tr}.unary.p50.64B"]) for tr in ("tcp", "unix", "shm")]),
+                f"raw.{tr}.pingpong.p50.64B", f"grpc.{tr}.unary.p50.64B"]) for tr in ("tcp", "unix", "shm", "inproc")]),
         ("unary calls/s, 64 B, 1 and 64 in flight (log)", True, ["flatpipe", "grpc"],
          [(f"{tr} x{k}", [f"flatpipe.{tr}.unary_inflight{k}.calls.64B", f"grpc.{tr}.unary_inflight{k}.calls.64B"])
-          for tr in ("tcp", "unix") for k in ("1", "64")]),
+          for tr in ("tcp", "unix", "shm", "inproc") for k in ("1", "64")]),
         ("server stream, 1 KiB, msg/s (log)", True, ["flatpipe", "raw", "grpc"],
          [(tr, [f"flatpipe.{tr}.stream.msgs.1KiB", f"raw.{tr}.stream.msgs.1KiB", f"grpc.{tr}.stream.msgs.1KiB"])
-          for tr in ("tcp", "unix", "shm")]),
+          for tr in ("tcp", "unix", "shm", "inproc")]),
         ("server stream, 1 MiB, MB/s (log)", True, ["flatpipe", "raw", "grpc"],
          [(tr, [f"flatpipe.{tr}.stream.bytes.1MiB", f"raw.{tr}.stream.bytes.1MiB", f"grpc.{tr}.stream.bytes.1MiB"])
-          for tr in ("tcp", "unix", "shm")]),
+          for tr in ("tcp", "unix", "shm", "inproc")]),
         ("client stream and bidi, 1 KiB, msg/s (log)", True, ["flatpipe", "grpc"],
          [(f"{tr} {kind.replace('client_stream', 'client')}",
            [f"flatpipe.{tr}.{kind}.msgs.1KiB", f"grpc.{tr}.{kind}.msgs.1KiB"])
-          for tr in ("tcp", "unix") for kind in ("client_stream", "bidi")]),
+          for tr in ("tcp", "unix", "shm", "inproc") for kind in ("client_stream", "bidi")]),
         ("peak RSS, MiB (lower is better)", False, ["flatpipe", "raw", "grpc"],
          [(f"{tr} {role}", [f"flatpipe.{tr}.{role}.peak_rss.all", f"raw.{tr}.{role}.peak_rss.all",
                             f"grpc.{tr}.{role}.peak_rss.all"]) for tr in ("tcp", "unix") for role in ("server", "client")]),
@@ -436,6 +436,8 @@ def write_chart(path, info, r):
             gap = 1
             values = [r.get(name) for _, names in rows for name in names if r.get(name) is not None]
             script.append(f"set title \"{title}\"")
+            # Many clusters: slanted labels, so that neighbours do not overlap.
+            script.append("set xtics rotate by -30 font ',8'" if len(rows) > 4 else "set xtics norotate font ',9'")
             if logscale:
                 low = 10 ** math.floor(math.log10(max(min(values), 1e-9) / 3))
                 script += ["set logscale y", "set format y '%.0s%c'", f"set yrange [{low}:{max(values) * 8}]"]

@@ -43,10 +43,12 @@ class FrameSink {
   virtual void on_closed(const Status& why) = 0;
 };
 
+// The defaults keep a stream of 1 MiB messages pipelined (two queued behind the socket's own
+// buffer) while bounding what one connection holds in memory.
 struct ConnectionLimits {
   std::uint32_t max_frame = wire::kDefaultMaxFrame;  // largest frame body accepted on receive
-  std::size_t high_water = 8u << 20;  // queued output above this: send() reports back-pressure
-  std::size_t low_water = 2u << 20;   // on_writable() once queued output falls to this
+  std::size_t high_water = 2u << 20;  // queued output above this: send() reports back-pressure
+  std::size_t low_water = 512u << 10; // on_writable() once queued output falls to this
 };
 
 // What a connection can promise, for the core to refuse what it cannot carry instead of
