@@ -559,21 +559,7 @@ class RawShmPeer {
     (void)::send(sock_.get(), &b, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
   }
   bool send_with_fd(const void* data, std::size_t n, int fd) {
-    iovec iov{const_cast<void*>(data), n};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (fd >= 0) {
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    }
-    return ::sendmsg(sock_.get(), &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
+    return shm::send_with_fd(sock_.get(), data, n, fd, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
   }
 
   // A heap descriptor for `payload` written at `offset` of our heap, lease 1.

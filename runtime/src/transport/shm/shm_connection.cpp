@@ -214,25 +214,8 @@ class Shared {
   int send_record(char tag, int pass_fd) {
     std::lock_guard lk(fd_mu);
     if (fd < 0) return EPIPE;
-    char byte = tag;
-    iovec iov{&byte, 1};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (pass_fd >= 0) {
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-    }
-    for (;;) {
-      if (::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return 0;
-      if (errno != EINTR) return errno;
-    }
+    const char byte = tag;
+    return shm::send_with_fd(fd, &byte, 1, pass_fd, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0 ? 0 : errno;
   }
   void ring() { (void)send_record('D', -1); }
 

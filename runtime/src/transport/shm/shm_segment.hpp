@@ -13,9 +13,14 @@
 // (offset, length) is checked against the heap before a pointer is formed.
 #pragma once
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -195,5 +200,29 @@ Result<Mapping> map_message_fd(int fd, std::uint64_t length);
 
 // Parses a size with an optional K/M/G suffix ("64M"). nullopt-like: 0 when malformed.
 std::uint64_t parse_size(const std::string& text) noexcept;
+
+// One sendmsg of [data, data + n) on `sock`, with `fd` attached (SCM_RIGHTS) when fd >= 0;
+// retried on EINTR only. Returns what sendmsg returned (-1 with errno set on failure). The caller
+// keeps `fd` open: the kernel duplicates it into the record.
+inline ssize_t send_with_fd(int sock, const void* data, std::size_t n, int fd, int flags) {
+  iovec iov{const_cast<void*>(data), n};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  for (;;) {
+    const ssize_t sent = ::sendmsg(sock, &msg, flags);
+    if (sent >= 0 || errno != EINTR) return sent;
+  }
+}
 
 }  // namespace flatpipe::shm

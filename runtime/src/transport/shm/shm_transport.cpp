@@ -92,23 +92,10 @@ Status sys_status(const std::string& what) {
 // Sends our HELLO with our segment's memfd. The socket is fresh, so the record fits.
 Status send_hello(int sock, const shm::OwnSegment& seg) {
   HelloRecord h{kHelloMagic, kHelloVersion, static_cast<std::uint32_t>(::getpid()), seg.layout.segment_size, 0};
-  iovec iov{&h, sizeof h};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  const int fd = seg.fd.get();
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  for (;;) {
-    if (::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof h)) return Status();
-    if (errno != EINTR) return sys_status("sending the handshake");
+  if (shm::send_with_fd(sock, &h, sizeof h, seg.fd.get(), MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof h)) {
+    return Status();
   }
+  return sys_status("sending the handshake");
 }
 
 // Reads the peer's HELLO and maps its segment. `again` is set when nothing has arrived yet.
