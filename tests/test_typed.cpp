@@ -720,6 +720,29 @@ TEST(TypedMessage, VerifyRefusesGarbageAndTruncation) {
   EXPECT_EQ(Message<typed::Note>::verify(flatpipe::Buffer()).code(), StatusCode::invalid_argument);
 }
 
+// A message at an odd offset of a receive buffer (small frames over a byte stream) is copied once
+// to aligned memory before FlatBuffers reads a scalar of it; an aligned one is read in place.
+TEST(TypedMessage, MisalignedBytesAreReadFromAnAlignedCopy) {
+  Payload<typed::Note> p(note("aligned?"));
+  const flatpipe::Buffer& bytes = p.bytes();
+  ASSERT_EQ(reinterpret_cast<std::uintptr_t>(bytes.data()) % 8, 0u);
+  auto in_place = Message<typed::Note>::verify(bytes);
+  ASSERT_TRUE(in_place.ok()) << in_place.status().to_string();
+  EXPECT_EQ(in_place->buffer().data(), bytes.data()) << "an aligned message must not be copied";
+
+  for (std::size_t offset = 1; offset < 8; ++offset) {
+    std::string storage(offset, '\0');
+    storage.append(bytes.view());
+    const flatpipe::Buffer stream = flatpipe::Buffer::adopt(std::move(storage));
+    const flatpipe::Buffer odd = stream.slice(offset);
+    ASSERT_NE(reinterpret_cast<std::uintptr_t>(odd.data()) % 8, 0u);
+    auto m = Message<typed::Note>::verify(odd);
+    ASSERT_TRUE(m.ok()) << "offset " << offset << ": " << m.status().to_string();
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(m->buffer().data()) % 8, 0u) << "offset " << offset;
+    EXPECT_EQ(text_of(*m), "aligned?");
+  }
+}
+
 TEST(TypedMessage, ReplyFromAnOkStatusIsAnInternalError) {
   Reply<typed::Note> r{Status()};
   EXPECT_FALSE(r.ok());

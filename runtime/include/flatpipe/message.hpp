@@ -19,6 +19,11 @@
 
 namespace flatpipe {
 
+// Where every message starts: FlatBuffers reads scalars in place, so a buffer must start on a
+// boundary of its largest scalar (8 bytes). MessageBuilder output always does; received bytes that
+// do not are copied once (Message<T>::verify).
+inline constexpr std::size_t kMessageAlignment = 8;
+
 // Limits the verifier applies to every received message before user code sees it.
 struct VerifyLimits {
   unsigned max_depth = 64;
@@ -35,6 +40,7 @@ class Message {
   // Verifies `bytes` as a T. INVALID_ARGUMENT naming the type when it is not one (truncated,
   // out-of-bounds offsets, too deep); `bytes` is not kept then.
   static Result<Message> verify(Buffer bytes, const VerifyLimits& limits = {}) {
+    bytes = aligned(std::move(bytes));
     flatbuffers::Verifier verifier(bytes.data(), bytes.size(), limits.max_depth, limits.max_tables);
     if (bytes.size() < sizeof(flatbuffers::uoffset_t) || !verifier.VerifyBuffer<T>(nullptr)) {
       return Status(StatusCode::invalid_argument,
@@ -55,7 +61,16 @@ class Message {
   }
 
   // Trusts `bytes` without verifying: only for bytes this process built itself.
-  static Message trusted(Buffer bytes) { return Message(std::move(bytes)); }
+  static Message trusted(Buffer bytes) { return Message(aligned(std::move(bytes))); }
+
+  // Reading a FlatBuffer that starts off kMessageAlignment is undefined behaviour (and a bus
+  // error on some ARM cores). A payload that arrived at an odd offset of a byte stream's receive
+  // buffer (small frames over tcp and unix) is copied once to aligned memory; shm and inproc hand
+  // over the sender's MessageBuilder output, which is aligned and never copied.
+  static Buffer aligned(Buffer bytes) {
+    if (reinterpret_cast<std::uintptr_t>(bytes.data()) % kMessageAlignment == 0) return bytes;
+    return Buffer::copy(bytes.data(), bytes.size());  // new[]: aligned for any scalar
+  }
 
   const T* get() const noexcept { return root_; }
   const T* operator->() const noexcept { return root_; }
@@ -80,7 +95,8 @@ class Message {
 
 // A FlatBufferBuilder that finishes into a Buffer without copying. Built from a connection's
 // allocator (Client::builder(), ServerCall::builder(), ...) its memory is the memory that
-// connection sends from without a copy; default-constructed it uses the heap. Move-only.
+// connection sends from without a copy; default-constructed it uses the heap. Its messages start
+// on a kMessageAlignment boundary, so that a receiver reads them in place. Move-only.
 class MessageBuilder : public flatbuffers::FlatBufferBuilder {
  public:
   // `allocator` (may be null: the heap) is owned by the builder and then by the Buffer that
@@ -89,13 +105,18 @@ class MessageBuilder : public flatbuffers::FlatBufferBuilder {
                           std::size_t initial_size = 1024)
       : flatbuffers::FlatBufferBuilder(initial_size, allocator.get(), allocator != nullptr) {
     allocator.release();
+    TrackMinAlign(kMessageAlignment);
   }
   MessageBuilder(MessageBuilder&&) = default;
   MessageBuilder& operator=(MessageBuilder&&) = default;
 
   // The finished message (call Finish() first), taken without copying; the builder is then empty
-  // and may be reused.
-  Buffer release() { return Buffer::adopt(Release()); }
+  // and may be reused (with heap memory: the connection's allocator left with the message).
+  Buffer release() {
+    Buffer message = Buffer::adopt(Release());
+    TrackMinAlign(kMessageAlignment);  // Release() reset it
+    return message;
+  }
 
   // Finishes `root` and releases it.
   template <class T>
