@@ -845,7 +845,8 @@ std::optional<Status> refuse_call(bool closed, const std::optional<Status>& reas
 }  // namespace
 
 void Session::start_unary(std::uint32_t method, Buffer request, const CallOptions& given, ResponseHandler done) {
-  const CallOptions options = effective_options(given);
+  std::optional<CallOptions> adjusted;
+  const CallOptions& options = effective_options(given, adjusted);
   Deferred later;
   {
     std::lock_guard lk(mu_);
@@ -867,7 +868,8 @@ void Session::start_unary(std::uint32_t method, Buffer request, const CallOption
 
 Result<std::shared_ptr<detail::CallState>> Session::open_stream(std::uint32_t method, CallKind kind, Buffer request,
                                                                  const CallOptions& given) {
-  const CallOptions options = effective_options(given);
+  std::optional<CallOptions> adjusted;
+  const CallOptions& options = effective_options(given, adjusted);
   std::lock_guard lk(mu_);
   if (kind == CallKind::unary) return Status(StatusCode::invalid_argument, "open_stream needs a streaming kind");
   if (!traits_.reliable && options.qos == StreamQos::reliable &&
@@ -896,11 +898,11 @@ Status Session::unreliable_stream_refusal() const {
                 scheme + " cannot carry a reliable stream; use qos latest or a stream transport");
 }
 
-CallOptions Session::effective_options(const CallOptions& options) const {
-  if (traits_.reliable || options.deadline || options_.unreliable_call_timeout.count() <= 0) return options;
-  CallOptions out = options;
-  out.deadline = Clock::now() + options_.unreliable_call_timeout;
-  return out;
+const CallOptions& Session::effective_options(const CallOptions& given, std::optional<CallOptions>& adjusted) const {
+  if (traits_.reliable || given.deadline || options_.unreliable_call_timeout.count() <= 0) return given;
+  adjusted.emplace(given);
+  adjusted->deadline = Clock::now() + options_.unreliable_call_timeout;
+  return *adjusted;
 }
 
 // The header block of a Request (deadline and metadata), full mode only. Returns the flag bits.

@@ -261,8 +261,9 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   }
   // FAILED_PRECONDITION for a reliable stream on a connection that may lose frames.
   Status unreliable_stream_refusal() const;
-  // `options`, with the implicit deadline of an unreliable connection applied.
-  CallOptions effective_options(const CallOptions& options) const;
+  // `given` itself, or (on an unreliable connection, for a call without a deadline) a copy in
+  // `adjusted` with the implicit deadline applied: the per-call path copies nothing otherwise.
+  const CallOptions& effective_options(const CallOptions& given, std::optional<CallOptions>& adjusted) const;
 
   const Role role_;
   const std::shared_ptr<FrameConnection> conn_;
