@@ -95,8 +95,10 @@ inline bool parse_client_args(const char* program, int argc, char** argv, std::s
   return true;
 }
 
+// --only KIND names one kind exactly ("unary" is not "unary_blocking"; "unary_inflight" runs both
+// of its in-flight counts).
 inline bool wanted(const Params& p, std::string_view kind) {
-  return p.only.empty() || kind.find(p.only) != std::string_view::npos;
+  return p.only.empty() || kind == p.only;
 }
 inline bool wanted_size(const Params& p, std::size_t size) { return p.size == 0 || p.size == size; }
 
