@@ -551,6 +551,28 @@ TEST_P(Calls, ServerStreamStatusArrivesExactly) {
   }
 }
 
+// A handler that already finished its call is told so by a later write or read (it is not a
+// silent success, and the stream the caller sees is over).
+TEST_P(Calls, WriteAndReadAfterFinishFailPrecondition) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  auto c = h().connect();
+  ASSERT_TRUE(c.ok()) << describe(c);
+  auto s = c->open(method::after_finish, CallKind::bidi);
+  ASSERT_TRUE(s.ok()) << describe(s);
+  Status end;
+  auto msgs = read_all(*s, end);
+  EXPECT_TRUE(msgs.empty());
+  EXPECT_TRUE(end.ok()) << describe(end);
+  ASSERT_TRUE(eventually([&] { return state().late_done.load(); })) << "the late write and read never completed";
+  std::lock_guard lk(state().mu);
+  ASSERT_TRUE(state().late_write.has_value());
+  EXPECT_EQ(state().late_write->code(), StatusCode::failed_precondition) << describe(*state().late_write);
+  EXPECT_EQ(state().late_write->message(), "the call already finished");
+  ASSERT_TRUE(state().late_read.has_value());
+  EXPECT_EQ(state().late_read->code(), StatusCode::failed_precondition) << describe(*state().late_read);
+  EXPECT_EQ(state().late_read->message(), "the call already finished");
+}
+
 TEST_P(Calls, UnknownMethodIsUnimplementedAndConnectionStays) {
   ASSERT_NO_FATAL_FAILURE(start());
   auto c = h().connect();

@@ -212,6 +212,7 @@ inline constexpr std::uint32_t pool_bidi = 16;      // bidi, plain handler, bloc
 inline constexpr std::uint32_t tagged = 17;         // unary: 8-byte (caller, seq) tag, counted per tag
 inline constexpr std::uint32_t hold_io = 18;        // unary: blocks the thread it runs on until released
 inline constexpr std::uint32_t flood_latest = 19;   // flood, as a `latest` QoS server stream
+inline constexpr std::uint32_t after_finish = 20;   // bidi: finishes at once, then tries to write and read
 inline constexpr std::uint32_t unknown = 4242;      // never registered
 
 // Served by the client side (ClientOptions::methods), called by the server.
@@ -269,6 +270,11 @@ struct ServiceState {
   std::atomic<std::uint32_t> tag_callers{0};
   std::atomic<std::uint32_t> tag_per_caller{0};
   std::atomic<std::uint64_t> tag_bad{0};
+
+  // after_finish: what a write and a read got after the handler finished its call
+  std::optional<Status> late_write;  // mu
+  std::optional<Status> late_read;   // mu
+  std::atomic<bool> late_done{false};
 
   // hold_io
   std::atomic<bool> holding_io{false};
@@ -508,6 +514,23 @@ inline Status register_test_service(Server& server, const std::shared_ptr<Servic
                      st->blocking_read = r.ok() ? Status() : r.status();
                    }
                    call.finish(Status());
+                 }}));
+
+  ok(server.add({method::after_finish, "test.Svc.AfterFinish", CallKind::bidi, [st](ServerCall call) {
+                   call.finish(Status());
+                   call.async_write(Buffer::copy(std::string_view("late")), [st, call](Status w) {
+                     {
+                       std::lock_guard lk(st->mu);
+                       st->late_write = w;
+                     }
+                     call.async_read([st](ReadResult r) {
+                       {
+                         std::lock_guard lk(st->mu);
+                         st->late_read = r.ok() ? Status(StatusCode::internal, "TEST: read succeeded") : r.status();
+                       }
+                       st->late_done = true;
+                     });
+                   });
                  }}));
 
   ok(server.add({method::pool_stream, "test.Svc.PoolStream", CallKind::server_stream, [st](ServerCall call) {

@@ -374,7 +374,7 @@ void Session::handle_request(wire::Frame& f, Deferred& later) {
     reject(Status(StatusCode::unavailable, "server is shutting down"));
     return;
   }
-  if (in_calls_.count(h.request_id)) {
+  if (in_calls_.contains(h.request_id)) {
     // protocol.md "Bad input": the open call is untouched.
     reject(Status(StatusCode::failed_precondition,
                   "request_id " + std::to_string(h.request_id) + " is already in use by an open call"));
@@ -455,31 +455,36 @@ Session::CallPtr Session::accept_call_locked(const wire::Frame& f, CallKind kind
 }
 
 void Session::dispatch_locked(const CallPtr& call, const MethodInfo* method, Deferred& later) {
-  later.emplace_back([self = shared_from_this(), call, handler = &method->handler] {
-    auto invoke = [self, call, handler] {
-      try {
-        (*handler)(ServerCall(self, call));
-      } catch (const std::exception& e) {
-        self->finish(call, Status(StatusCode::internal, std::string("handler threw: ") + e.what()));
-      } catch (...) {
-        self->finish(call, Status(StatusCode::internal, "handler threw an exception"));
-      }
-    };
+  later.emplace_back([self = shared_from_this(), call, method]() mutable {
     if (self->handler_executor_) {
-      asio::post(self->handler_executor_, std::move(invoke));
+      const asio::any_io_executor& pool = self->handler_executor_;  // before `self` is moved from
+      asio::post(pool, [self = std::move(self), call = std::move(call), method] {
+        run_handler(self, call, *method);
+      });
     } else {
-      invoke();
+      run_handler(self, call, *method);
     }
   });
 }
 
+// A handler that throws fails its call with INTERNAL instead of taking the I/O thread down.
+void Session::run_handler(const std::shared_ptr<Session>& self, const CallPtr& call, const MethodInfo& method) {
+  try {
+    method.handler(ServerCall(self, call));
+  } catch (const std::exception& e) {
+    self->finish(call, Status(StatusCode::internal, std::string("handler threw: ") + e.what()));
+  } catch (...) {
+    self->finish(call, Status(StatusCode::internal, "handler threw an exception"));
+  }
+}
+
 void Session::handle_reply(wire::Frame& f, Deferred& later) {
-  auto it = out_calls_.find(f.header.request_id);
-  if (it == out_calls_.end()) {
+  const CallPtr* found = out_calls_.find(f.header.request_id);
+  if (!found) {
     ++stats_.frames_ignored;  // e.g. the answer to a call that already timed out
     return;
   }
-  CallPtr call = it->second;
+  CallPtr call = *found;
   const bool full = full_locked();
   auto parts = split_headers(f, full && (f.header.flags & flags::headers));
   if (!parts) {
@@ -503,18 +508,16 @@ void Session::handle_reply(wire::Frame& f, Deferred& later) {
 Session::CallPtr Session::find_stream_call_locked(std::uint32_t id, bool inbound_data) {
   if (full_locked()) {
     const bool mine = (role_ == Role::connector) == (id < kAcceptorIdBase);
-    CallMap& map = mine ? out_calls_ : in_calls_;
-    auto it = map.find(id);
-    return it == map.end() ? nullptr : it->second;
+    const CallPtr* found = (mine ? out_calls_ : in_calls_).find(id);
+    return found ? *found : nullptr;
   }
   // Compatible mode: both sides count from 0; prefer a call of ours that expects stream frames
   // (protocol.md "Ids").
   // A unary call of ours never receives stream frames, so it never matches.
   (void)inbound_data;
-  auto out = out_calls_.find(id);
-  if (out != out_calls_.end() && out->second->kind != CallKind::unary) return out->second;
-  auto in = in_calls_.find(id);
-  return in != in_calls_.end() ? in->second : nullptr;
+  if (const CallPtr* out = out_calls_.find(id); out && (*out)->kind != CallKind::unary) return *out;
+  const CallPtr* in = in_calls_.find(id);
+  return in ? *in : nullptr;
 }
 
 void Session::handle_stream_data(wire::Frame& f, Deferred& later) {
@@ -631,12 +634,12 @@ void Session::handle_stream_error(wire::Frame& f, Deferred& later) {
 }
 
 void Session::handle_cancel(wire::Frame& f, Deferred& later) {
-  auto it = in_calls_.find(f.header.request_id);
-  if (it == in_calls_.end()) {
+  const CallPtr* found = in_calls_.find(f.header.request_id);
+  if (!found) {
     ++stats_.frames_ignored;
     return;
   }
-  CallPtr call = it->second;
+  CallPtr call = *found;
   // protocol.md "Cancel": stop the handler, answer Error.
   send_error_locked(call->id, call->method, Status(StatusCode::cancelled, "cancelled by the caller"),
                     failure_type(*call));
@@ -809,7 +812,7 @@ std::uint32_t Session::next_request_id_locked() {
       id = base + ((id - base) % span);
       next_id_ = id + 1;
     }
-    if (!out_calls_.count(id)) return id;
+    if (!out_calls_.contains(id)) return id;
   }
 }
 
@@ -977,8 +980,7 @@ void Session::complete_out_locked(const CallPtr& call, Status status, Buffer res
 void Session::remove_locked(const CallPtr& call) {
   call->open = false;
   CallMap& map = call->outgoing ? out_calls_ : in_calls_;
-  auto it = map.find(call->id);
-  if (it != map.end() && it->second == call) map.erase(it);
+  if (const CallPtr* found = map.find(call->id); found && *found == call) map.erase(call->id);
   if (call->pausing_reads) {
     call->pausing_reads = false;
     if (--paused_streams_ == 0 && mode_ != Mode::closed) conn_->set_read_paused(false);
@@ -1098,6 +1100,9 @@ void Session::read(const CallPtr& call, ReadHandler done) {
       later.complete(std::move(done), ReadResult(std::optional<Buffer>(std::move(m))));
     } else if (call->final_status && !call->final_status->ok()) {
       later.complete(std::move(done), ReadResult(*call->final_status));
+    } else if (call->final_status && !call->outgoing) {
+      later.complete(std::move(done),
+                     ReadResult(Status(StatusCode::failed_precondition, "the call already finished")));
     } else if (call->in_done || call->final_status) {
       later.complete(std::move(done), ReadResult(std::optional<Buffer>()));
     } else if (call->reader) {
@@ -1184,7 +1189,9 @@ void Session::end_incoming_stream_locked(const CallPtr& call, std::uint16_t bits
 
 void Session::retire_incoming_locked(const CallPtr& call, const Status& status, Deferred& later) {
   remove_locked(call);
-  call->final_status = status.ok() ? Status(StatusCode::failed_precondition, "the call already finished") : status;
+  // OK for a clean finish: a later read or write is refused with "the call already finished",
+  // spelled out only then (no string per call here).
+  call->final_status = status;
   release_writer_locked(call, later);
   if (call->reader) {
     later.complete(std::move(call->reader), ReadResult(std::optional<Buffer>()));
@@ -1206,9 +1213,8 @@ void Session::track_deadline_locked(const CallPtr& call) {
     while (!deadlines_.empty()) {
       const DeadlineEntry e = deadlines_.top();
       deadlines_.pop();
-      const CallMap& map = e.outgoing ? out_calls_ : in_calls_;
-      auto it = map.find(e.id);
-      if (it != map.end() && it->second->deadline == e.at) keep.push_back(e);
+      const CallPtr* found = (e.outgoing ? out_calls_ : in_calls_).find(e.id);
+      if (found && (*found)->deadline == e.at) keep.push_back(e);
     }
     for (const auto& e : keep) deadlines_.push(e);
   }
@@ -1241,10 +1247,9 @@ void Session::on_deadline_timer() {
     while (!deadlines_.empty() && deadlines_.top().at <= now) {
       const DeadlineEntry e = deadlines_.top();
       deadlines_.pop();
-      CallMap& map = e.outgoing ? out_calls_ : in_calls_;
-      auto it = map.find(e.id);
-      if (it == map.end() || it->second->deadline != e.at) continue;
-      CallPtr call = it->second;
+      const CallPtr* found = (e.outgoing ? out_calls_ : in_calls_).find(e.id);
+      if (!found || (*found)->deadline != e.at) continue;
+      CallPtr call = *found;
       const Status expired(StatusCode::deadline_exceeded, "deadline exceeded");
       if (call->outgoing) {
         // netpipe callers send nothing when they time out, and some netpipe servers run a
@@ -1348,11 +1353,11 @@ void Session::on_closed(const Status& why) {
     CallMap ins = std::move(in_calls_);
     out_calls_.clear();
     in_calls_.clear();
-    for (auto& [id, call] : outs) {
+    outs.for_each([&](std::uint32_t, CallPtr& call) {
       call->open = true;  // complete_out_locked expects an open call
       complete_out_locked(call, reason, {}, later);
-    }
-    for (auto& [id, call] : ins) {
+    });
+    ins.for_each([&](std::uint32_t, CallPtr& call) {
       call->open = false;
       call->final_status = Status(StatusCode::cancelled, "connection lost: " + why.message());
       later.emplace_back([call] { call->context->cancel(); });
@@ -1361,7 +1366,7 @@ void Session::on_closed(const Status& why) {
         later.complete(std::move(call->reader), ReadResult(*call->final_status));
         call->reader = nullptr;
       }
-    }
+    });
     paused_streams_ = 0;
     if (ready_) {
       later.complete(std::move(ready_), reason);

@@ -23,7 +23,6 @@
 #include <optional>
 #include <queue>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -36,6 +35,7 @@
 #include "flatpipe/status.hpp"
 #include "flatpipe/transport/transport.hpp"
 #include "flatpipe/util/buffer_queue.hpp"
+#include "flatpipe/util/id_map.hpp"
 #include "flatpipe/util/unique_function.hpp"
 
 namespace flatpipe {
@@ -205,7 +205,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
 
  private:
   using CallPtr = std::shared_ptr<detail::CallState>;
-  using CallMap = std::unordered_map<std::uint32_t, CallPtr>;
+  using CallMap = IdMap<CallPtr>;
   class Deferred;
   enum class Mode : std::uint8_t { pending, full, compat, closed };
 
@@ -226,6 +226,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   CallPtr accept_call_locked(const wire::Frame& f, CallKind kind, const wire::HeaderBlock& headers, Buffer request);
   CallPtr find_stream_call_locked(std::uint32_t id, bool inbound_data);
   void dispatch_locked(const CallPtr& call, const MethodInfo* method, Deferred& later);
+  static void run_handler(const std::shared_ptr<Session>& self, const CallPtr& call, const MethodInfo& method);
   void deliver_locked(const CallPtr& call, Buffer message, Deferred& later);
   void complete_out_locked(const CallPtr& call, Status status, Buffer response, Deferred& later);
   void end_in_locked(const CallPtr& call, Deferred& later);
