@@ -17,7 +17,8 @@
 #include <asio/async_result.hpp>
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
-#include <asio/executor_work_guard.hpp>
+#include <asio/execution/outstanding_work.hpp>
+#include <asio/prefer.hpp>
 
 #include "flatpipe/util/unique_function.hpp"
 
@@ -43,12 +44,14 @@ auto async_op(const Executor& executor, Token&& token, Start&& start) {
   using Arg = typename completion_arg<Signature>::type;
   return asio::async_initiate<Token, Signature>(
       [executor](auto handler, std::decay_t<Start> start_fn) {
-        auto ex = asio::get_associated_executor(handler, executor);
-        auto work = asio::make_work_guard(ex);
+        // The handler's executor, tracking outstanding work so that its io_context does not run
+        // out of work while the operation is pending. (An executor_work_guard would hold the
+        // executor twice, and the completion would no longer fit UniqueFunction's inline room.)
+        auto target = asio::prefer(asio::get_associated_executor(handler, executor),
+                                   asio::execution::outstanding_work.tracked);
         ++initiation_depth;
         start_fn(UniqueFunction<void(Arg)>(
-            [handler = std::move(handler), work = std::move(work)](Arg outcome) mutable {
-              auto target = work.get_executor();
+            [handler = std::move(handler), target = std::move(target)](Arg outcome) mutable {
               auto invoke = [handler = std::move(handler), outcome = std::move(outcome)]() mutable {
                 std::move(handler)(std::move(outcome));
               };
@@ -59,7 +62,6 @@ auto async_op(const Executor& executor, Token&& token, Start&& start) {
                 asio::dispatch(target, std::move(invoke));
                 --inline_depth;
               }
-              work.reset();
             }));
         --initiation_depth;
       },

@@ -1,6 +1,7 @@
 // UniqueFunction<R(Args...)>: a move-only std::function, for completion handlers (asio handlers
 // and coroutine continuations are move-only). Calling an empty UniqueFunction is a programming
-// error (asserted). Small callables (up to six pointers) are stored without allocating.
+// error (asserted). Small callables (up to eight pointers: a coroutine's completion handler with
+// its work-tracking executor) are stored without allocating.
 #pragma once
 
 #include <cassert>
@@ -62,7 +63,7 @@ class UniqueFunction<R(Args...)> {
 
  private:
   struct Storage {
-    alignas(std::max_align_t) unsigned char bytes[6 * sizeof(void*)];
+    alignas(std::max_align_t) unsigned char bytes[8 * sizeof(void*)];
   };
   struct Ops {
     R (*call)(void*, Args&&...);
