@@ -290,9 +290,10 @@ class InprocConnection final : public FrameConnection, public std::enable_shared
 
   // The one place that calls the sink. Runs with delivering_ claimed; releases it when done.
   void drain() {
+    std::shared_ptr<FrameSink> sink;  // taken once: only finish_locked(), below, lets it go
     for (std::size_t n = 0;; ++n) {
       std::unique_lock lk(mu_);
-      std::shared_ptr<FrameSink> sink = sink_;
+      if (!sink) sink = sink_;
       if (finished_) {
         delivering_ = false;
         return;
