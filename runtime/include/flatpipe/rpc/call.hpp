@@ -100,6 +100,9 @@ class CallContext {
   const std::optional<Clock::time_point> deadline_;
   const Metadata metadata_;
   std::atomic<bool> cancelled_{false};
+  // Set once on_cancel() or add_trailing_metadata() was used: until then a finishing call has
+  // nothing to take or drop and skips the lock.
+  std::atomic<bool> touched_{false};
   std::mutex mu_;
   std::vector<std::function<void()>> on_cancel_;
   Metadata trailing_;
