@@ -83,16 +83,16 @@ class Session::Deferred {
 
   template <class F>
   void emplace_back(F&& fn) {
-    push(Entry(std::in_place_type<Call0>, Call0{UniqueFunction<void()>(std::forward<F>(fn))}));
+    push<Call0>(UniqueFunction<void()>(std::forward<F>(fn)));
   }
-  void complete(ResponseHandler fn, Result<Buffer> arg) {
-    if (fn) push(Entry(std::in_place_type<Respond>, Respond{std::move(fn), std::move(arg)}));
+  void complete(ResponseHandler&& fn, Result<Buffer>&& arg) {
+    if (fn) push<Respond>(std::move(fn), std::move(arg));
   }
-  void complete(ReadHandler fn, ReadResult arg) {
-    if (fn) push(Entry(std::in_place_type<Deliver>, Deliver{std::move(fn), std::move(arg)}));
+  void complete(ReadHandler&& fn, ReadResult&& arg) {
+    if (fn) push<Deliver>(std::move(fn), std::move(arg));
   }
-  void complete(StatusHandler fn, Status arg) {
-    if (fn) push(Entry(std::in_place_type<Report>, Report{std::move(fn), std::move(arg)}));
+  void complete(StatusHandler&& fn, Status arg) {
+    if (fn) push<Report>(std::move(fn), std::move(arg));
   }
 
   // Runs everything added so far (and whatever those add), then empties.
@@ -129,11 +129,13 @@ class Session::Deferred {
   using Entry = std::variant<Call0, Respond, Deliver, Report>;
   static constexpr std::size_t kInline = 4;
 
-  void push(Entry&& e) {
+  // Builds the entry in place: the handler and its argument are moved once, not three times.
+  template <class Item, class... A>
+  void push(A&&... args) {
     if (count_ < kInline) {
-      inline_[count_].emplace(std::move(e));
+      inline_[count_].emplace(std::in_place_type<Item>, std::forward<A>(args)...);
     } else {
-      overflow_.push_back(std::move(e));
+      overflow_.emplace_back(std::in_place_type<Item>, std::forward<A>(args)...);
     }
     ++count_;
   }
