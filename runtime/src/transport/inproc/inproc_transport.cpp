@@ -228,6 +228,20 @@ class InprocConnection final : public FrameConnection, public std::enable_shared
       kick_locked();
       return SendResult::ok;
     }
+    const bool can_inline = t_depth < kMaxInlineDepth && !sending_on_this_thread(this) && home_->running_here();
+    if (can_inline && !delivering_ && inbox_.empty() && started_ && !paused_ && !closing_ && !writable_pending_ &&
+        !eof_) {
+      // Nothing is queued ahead of it and nobody delivers: hand the frame straight to the sink,
+      // skipping the inbox. The drain() after it delivers whatever arrived meanwhile and ends the
+      // delivery. The sink stays alive: only this delivery (finish_locked) could let it go.
+      delivering_ = true;
+      FrameSink* sink = sink_.get();
+      lk.unlock();
+      InlineScope scope(sender);
+      sink->on_frame(std::move(f));
+      drain();
+      return SendResult::ok;
+    }
     inbox_.push_back(Item{std::move(f), bytes});
     inbox_bytes_ += bytes;
     SendResult result = SendResult::ok;
@@ -237,7 +251,7 @@ class InprocConnection final : public FrameConnection, public std::enable_shared
     }
     if (!delivering_ && has_work_locked()) {
       delivering_ = true;
-      if (t_depth < kMaxInlineDepth && !sending_on_this_thread(this) && home_->running_here()) {
+      if (can_inline) {
         lk.unlock();
         InlineScope scope(sender);
         drain();
