@@ -448,15 +448,28 @@ void ShmConnection::ring_if_asleep_locked() {
   }
 }
 
-ShmConnection::Publish ShmConnection::publish_locked(Pending& p) {
+// Reads the peer's consumption counter of our descriptor ring and checks it. False (and the
+// connection is faulted) when it is out of range. Requires send_mu_.
+bool ShmConnection::refresh_peer_tail_locked() {
   const std::uint64_t tail = sh_->peer_hdr->desc_tail.load(std::memory_order_acquire);
-  if (desc_head_ - tail > kDescSlots) {
+  if (desc_head_ - tail > kDescSlots || tail < peer_tail_seen_) {
     tx_broken_ = true;
     peer_fault("shm: the peer's descriptor ring tail " + std::to_string(tail) + " is out of range (head " +
-               std::to_string(desc_head_) + ")");
-    return Publish::broken;
+               std::to_string(desc_head_) + ", last seen " + std::to_string(peer_tail_seen_) + ")");
+    return false;
   }
-  if (desc_head_ - tail == kDescSlots) return Publish::no_room;
+  peer_tail_seen_ = tail;
+  return true;
+}
+
+ShmConnection::Publish ShmConnection::publish_locked(Pending& p) {
+  // The peer's counter is read only when the ring looks full by the last value read (and when
+  // the reader goes to sleep, to check it): a line the peer keeps writing would be a cache miss
+  // on every send.
+  if (desc_head_ - peer_tail_seen_ >= kDescSlots) {
+    if (!refresh_peer_tail_locked()) return Publish::broken;
+    if (desc_head_ - peer_tail_seen_ == kDescSlots) return Publish::no_room;
+  }
 
   Desc d{};
   std::memcpy(d.head, p.frame.head.data(), sizeof d.head);
@@ -620,7 +633,10 @@ void ShmConnection::poll() {
 }
 
 bool ShmConnection::step() {
-  bool did = drain_releases();
+  // Frames first: their descriptors are what a caller waits for. Releases (room for this
+  // side's sends) after; a send that finds no room drains them itself.
+  bool did = deliver_batch();
+  if (drain_releases()) did = true;
   {
     std::lock_guard lk(send_mu_);
     if (!queue_.empty() && !tx_broken_) {
@@ -629,16 +645,17 @@ bool ShmConnection::step() {
       did = did || queue_.size() != before;
     }
   }
-  if (deliver_batch()) did = true;
   return did;
 }
 
 bool ShmConnection::work_visible() const {
-  if (sh_->peer_hdr->release_head.load(std::memory_order_seq_cst) != sh_->rel_tail.load(std::memory_order_relaxed)) {
+  // New frames are looked for first, so a release published just before them (a line the peer
+  // just wrote: a cache miss) does not delay their delivery.
+  if (!paused_.load(std::memory_order_relaxed) && !rx_stopped_ &&
+      sh_->peer_hdr->desc_head.load(std::memory_order_seq_cst) != rx_tail_) {
     return true;
   }
-  return !paused_.load(std::memory_order_relaxed) && !rx_stopped_ &&
-         sh_->peer_hdr->desc_head.load(std::memory_order_seq_cst) != rx_tail_;
+  return sh_->peer_hdr->release_head.load(std::memory_order_seq_cst) != sh_->rel_tail.load(std::memory_order_relaxed);
 }
 
 void ShmConnection::sleep() {
@@ -650,6 +667,7 @@ void ShmConnection::sleep() {
     // A writer waiting for room needs a fresh wait epoch: the peer rings once per epoch, and
     // the last one may have been spent on a wakeup that found too little room.
     std::lock_guard lk(send_mu_);
+    if (!tx_broken_) (void)refresh_peer_tail_locked();  // idle: a good time to check it (a fault is posted)
     blocked = waiting_room_;
     if (blocked) {
       ++wait_epoch_;

@@ -85,6 +85,7 @@ class ShmConnection final : public FrameConnection, public std::enable_shared_fr
 
   // Sending (any thread, send_mu_ held).
   Publish publish_locked(Pending& p);
+  bool refresh_peer_tail_locked();
   void flush_locked();
   void ring_if_asleep_locked();
   void wait_for_room_locked();
@@ -120,6 +121,7 @@ class ShmConnection final : public FrameConnection, public std::enable_shared_fr
   std::deque<Pending> queue_;
   std::size_t queued_bytes_ = 0;
   std::uint64_t desc_head_ = 0;       // descriptors published
+  std::uint64_t peer_tail_seen_ = 0;  // the peer's desc_tail as last read (it only grows)
   std::uint32_t rung_sleep_ = 0;      // the peer sleep word we last rang for
   std::uint32_t wait_epoch_ = 0;
   bool waiting_room_ = false;         // our wait word is odd
