@@ -34,10 +34,13 @@ struct completion_arg<void(Arg)> {
 // An operation that completes while its own initiation is still running (a stream write with
 // credit to spare) runs its handler inline only up to kMaxInlineDepth nested completions on this
 // thread, then posts it: a callback that starts the next operation cannot grow the stack without
-// bound, and a burst of writes does not pay a scheduler round per message.
+// bound, and a burst of writes does not pay a scheduler round per message. The depth also sets
+// how many messages a writer on the I/O thread queues before the connection's posted flush runs:
+// 64, the default stream credit, lets a whole window of small messages leave in one gathered
+// write (16 cost a quarter of the 1 KiB stream rate in system calls and TCP segments).
 inline thread_local int initiation_depth = 0;
 inline thread_local int inline_depth = 0;
-inline constexpr int kMaxInlineDepth = 16;
+inline constexpr int kMaxInlineDepth = 64;
 
 template <class Signature, class Executor, class Token, class Start>
 auto async_op(const Executor& executor, Token&& token, Start&& start) {
