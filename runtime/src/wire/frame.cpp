@@ -89,27 +89,35 @@ FrameAssembler::FrameAssembler(std::uint32_t max_body, std::size_t slab_size)
     : max_body_(max_body), slab_size_(std::max<std::size_t>(slab_size, kFrameOverhead)) {}
 
 std::span<std::uint8_t> FrameAssembler::prepare() {
-  // How much room the frame being assembled needs, when its prefix is in and acceptable.
-  std::size_t want = slab_size_;
-  if (end_ - begin_ >= kPrefixSize) {
+  const std::size_t pending = end_ - begin_;
+  // What the frame being assembled needs from begin_, once its prefix is in and acceptable.
+  std::size_t frame_bytes = 0;
+  if (pending >= kPrefixSize) {
     const std::uint32_t len = get_u32(slab_.get() + begin_);
-    if (len <= max_body_) want = std::max(want, kPrefixSize + std::size_t{len});
+    if (len <= max_body_) frame_bytes = kPrefixSize + std::size_t{len};
   }
-  const bool shared = slab_ && slab_.use_count() > 1;  // frames handed out still view it
-  if (!slab_ || capacity_ - end_ == 0 || capacity_ - begin_ < want) {
-    const std::size_t pending = end_ - begin_;
-    if (slab_ && !shared && capacity_ >= want && begin_ > 0) {
-      std::memmove(slab_.get(), slab_.get() + begin_, pending);  // compact in place
-    } else {
-      const std::size_t cap = std::max(want, pending + 1);
-      std::shared_ptr<std::uint8_t[]> fresh(new std::uint8_t[cap]);
-      if (pending) std::memcpy(fresh.get(), slab_.get() + begin_, pending);
-      slab_ = std::move(fresh);
-      capacity_ = cap;
-    }
-    begin_ = 0;
-    end_ = pending;
+  // The rest of the slab takes the next read when the current frame fits in it whole, or, with
+  // no frame begun, when a sixteenth of a slab is left. So a slab serves many small reads even
+  // while frames handed out still view it, instead of a new slab per read.
+  const std::size_t min_room = std::max<std::size_t>(slab_size_ / 16, kFrameOverhead);
+  if (slab_) {
+    const std::size_t room = capacity_ - end_;
+    const bool usable = frame_bytes ? capacity_ - begin_ >= frame_bytes : room >= min_room;
+    if (usable && room > 0) return {slab_.get() + end_, room};
   }
+  // A new slab, or this one compacted when no frame views it: room for the whole frame (a frame
+  // larger than a slab gets exactly its size) or for a useful read.
+  const std::size_t cap = std::max({slab_size_, frame_bytes, pending + min_room});
+  if (slab_ && slab_.use_count() == 1 && capacity_ >= cap) {
+    std::memmove(slab_.get(), slab_.get() + begin_, pending);  // compact in place
+  } else {
+    std::shared_ptr<std::uint8_t[]> fresh(new std::uint8_t[cap]);
+    if (pending) std::memcpy(fresh.get(), slab_.get() + begin_, pending);
+    slab_ = std::move(fresh);
+    capacity_ = cap;
+  }
+  begin_ = 0;
+  end_ = pending;
   return {slab_.get() + end_, capacity_ - end_};
 }
 
