@@ -113,7 +113,6 @@ struct CallState {
   bool got_response = false;          // compat client stream: first StreamData is the reply
   Metadata trailing;
   ResponseHandler on_response;
-  StatusHandler on_finish;
 
   // Incoming calls.
   std::optional<CallContext> context;
