@@ -64,9 +64,11 @@ class Message {
   static Message trusted(Buffer bytes) { return Message(aligned(std::move(bytes))); }
 
   // Reading a FlatBuffer that starts off kMessageAlignment is undefined behaviour (and a bus
-  // error on some ARM cores). A payload that arrived at an odd offset of a byte stream's receive
-  // buffer (small frames over tcp and unix) is copied once to aligned memory; shm and inproc hand
-  // over the sender's MessageBuilder output, which is aligned and never copied.
+  // error on some ARM cores). shm and inproc hand over the sender's MessageBuilder output, which
+  // is aligned and never copied; tcp and unix place a frame that begins a read so that its
+  // payload is aligned (wire::FrameAssembler), which covers a round trip's request and reply.
+  // A payload that still lies off alignment (a frame behind others in the same read, or a body
+  // behind a request's header block of deadline and metadata) is copied once to aligned memory.
   static Buffer aligned(Buffer bytes) {
     if (reinterpret_cast<std::uintptr_t>(bytes.data()) % kMessageAlignment == 0) return bytes;
     return Buffer::copy(bytes.data(), bytes.size());  // new[]: aligned for any scalar

@@ -88,6 +88,11 @@ std::string describe(FrameError error, std::uint32_t length, std::uint32_t limit
 FrameAssembler::FrameAssembler(std::uint32_t max_body, std::size_t slab_size)
     : max_body_(max_body), slab_size_(std::max<std::size_t>(slab_size, kFrameOverhead)) {}
 
+namespace {
+// Bytes left free at the start of a slab so that a frame placed there has an 8-aligned payload.
+constexpr std::size_t kAlignLead = (8 - kFrameOverhead % 8) % 8;
+}  // namespace
+
 std::span<std::uint8_t> FrameAssembler::prepare() {
   const std::size_t pending = end_ - begin_;
   // What the frame being assembled needs from begin_, once its prefix is in and acceptable.
@@ -100,24 +105,34 @@ std::span<std::uint8_t> FrameAssembler::prepare() {
   // no frame begun, when a sixteenth of a slab is left. So a slab serves many small reads even
   // while frames handed out still view it, instead of a new slab per read.
   const std::size_t min_room = std::max<std::size_t>(slab_size_ / 16, kFrameOverhead);
+  if (slab_ && pending == 0) {
+    // Between frames: the next read starts where a frame's payload lands 8-aligned (up to 7
+    // bytes skipped), so a frame that begins a read (every request and reply of a round trip)
+    // has an aligned payload. Frames that follow it in the same read are where the bytes put them.
+    const std::size_t at = end_ + (kAlignLead + 8 - end_ % 8) % 8;
+    if (at <= capacity_) begin_ = end_ = at;
+  }
   if (slab_) {
     const std::size_t room = capacity_ - end_;
     const bool usable = frame_bytes ? capacity_ - begin_ >= frame_bytes : room >= min_room;
     if (usable && room > 0) return {slab_.get() + end_, room};
   }
   // A new slab, or this one compacted when no frame views it: room for the whole frame (a frame
-  // larger than a slab gets exactly its size) or for a useful read.
-  const std::size_t cap = std::max({slab_size_, frame_bytes, pending + min_room});
+  // larger than a slab gets exactly its size, plus the lead) or for a useful read. The frame
+  // starts kAlignLead bytes in, so its payload (after the 20-byte prefix and header) starts on an
+  // 8-byte boundary of the slab (new[] memory is 16-aligned): a typed message in it is read in
+  // place instead of copied to aligned memory.
+  const std::size_t cap = std::max({slab_size_, kAlignLead + frame_bytes, kAlignLead + pending + min_room});
   if (slab_ && slab_.use_count() == 1 && capacity_ >= cap) {
-    std::memmove(slab_.get(), slab_.get() + begin_, pending);  // compact in place
+    std::memmove(slab_.get() + kAlignLead, slab_.get() + begin_, pending);  // compact in place
   } else {
     std::shared_ptr<std::uint8_t[]> fresh(new std::uint8_t[cap]);
-    if (pending) std::memcpy(fresh.get(), slab_.get() + begin_, pending);
+    if (pending) std::memcpy(fresh.get() + kAlignLead, slab_.get() + begin_, pending);
     slab_ = std::move(fresh);
     capacity_ = cap;
   }
-  begin_ = 0;
-  end_ = pending;
+  begin_ = kAlignLead;
+  end_ = kAlignLead + pending;
   return {slab_.get() + end_, capacity_ - end_};
 }
 
@@ -152,7 +167,7 @@ bool FrameAssembler::next(Frame& out) {
                     ? Buffer{}
                     : Buffer(slab_, p + kFrameOverhead, h.payload_len);
   begin_ += kPrefixSize + len;
-  if (begin_ == end_ && slab_.use_count() == 1) begin_ = end_ = 0;  // reuse from the start
+  if (begin_ == end_ && slab_.use_count() == 1) begin_ = end_ = kAlignLead;  // reuse from the start
   return true;
 }
 

@@ -145,7 +145,9 @@ std::string describe(FrameError error, std::uint32_t length, std::uint32_t limit
 // Frames that lie whole in one receive slab are handed out as slices of it (the slab lives as
 // long as the frames do). A frame's length is checked against `max_body` as soon as its 4-byte
 // prefix is in, before any buffer is sized for it; a frame larger than the slab gets a buffer of
-// exactly its size. Not thread-safe: one reader owns it.
+// its size (plus 4 bytes). A frame that begins a read, or that moves to a new slab, has its
+// payload 8-byte aligned, so a typed message in it is read in place; frames that follow it in
+// the same read lie where the bytes put them. Not thread-safe: one reader owns it.
 class FrameAssembler {
  public:
   explicit FrameAssembler(std::uint32_t max_body = kDefaultMaxFrame,
