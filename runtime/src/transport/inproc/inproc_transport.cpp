@@ -228,9 +228,8 @@ class InprocConnection final : public FrameConnection, public std::enable_shared
       kick_locked();
       return SendResult::ok;
     }
-    const bool can_inline = t_depth < kMaxInlineDepth && !sending_on_this_thread(this) && home_->running_here();
-    if (can_inline && !delivering_ && inbox_.empty() && started_ && !paused_ && !closing_ && !writable_pending_ &&
-        !eof_) {
+    if (!delivering_ && inbox_.empty() && started_ && !paused_ && !writable_pending_ && !eof_ &&
+        may_deliver_inline()) {
       // Nothing is queued ahead of it and nobody delivers: hand the frame straight to the sink,
       // skipping the inbox. The drain() after it delivers whatever arrived meanwhile and ends the
       // delivery. The sink stays alive: only this delivery (finish_locked) could let it go.
@@ -251,7 +250,7 @@ class InprocConnection final : public FrameConnection, public std::enable_shared
     }
     if (!delivering_ && has_work_locked()) {
       delivering_ = true;
-      if (can_inline) {
+      if (may_deliver_inline()) {
         lk.unlock();
         InlineScope scope(sender);
         drain();
@@ -260,6 +259,13 @@ class InprocConnection final : public FrameConnection, public std::enable_shared
       }
     }
     return result;
+  }
+
+  // Whether a send() on this thread may deliver to this end inline (the rules at the top of the
+  // file). Checked only once a delivery is due: it is not free (a thread-local scan and an
+  // io_context lookup).
+  bool may_deliver_inline() const noexcept {
+    return t_depth < kMaxInlineDepth && !sending_on_this_thread(this) && home_->running_here();
   }
 
   // The peer closed (or vanished). With `flush`, frames it sent before are still delivered.
