@@ -21,6 +21,7 @@ packages=(
   python3 python3-jinja2
   libgtest-dev libgmock-dev
   libbenchmark-dev
+  liburing-dev  # only for the opt-in FLATPIPE_IO_URING build (docs/runtime.md); small
 )
 
 # Optional groups, chosen by flag.

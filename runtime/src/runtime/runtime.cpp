@@ -1,11 +1,39 @@
 #include "flatpipe/runtime.hpp"
 
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+#include <asio/steady_timer.hpp>
+
 namespace flatpipe {
+
+namespace {
+
+// Built with FLATPIPE_IO_URING, every asio object needs an io_uring instance, which a kernel or
+// container may refuse (Docker's default seccomp profile, kernel.io_uring_disabled): fail here,
+// with the reason, rather than at the first connection with asio's bare system_error.
+void check_io_backend(asio::io_context& io) {
+#if defined(ASIO_HAS_IO_URING_AS_DEFAULT)
+  try {
+    asio::steady_timer probe(io);  // creates asio's io_uring service (and its ring) for `io`
+  } catch (const std::system_error& e) {
+    throw std::runtime_error(std::string("flatpipe was built with FLATPIPE_IO_URING=ON but io_uring is not available "
+                                         "here (") +
+                             e.what() + "); rebuild with -DFLATPIPE_IO_URING=OFF");
+  }
+#else
+  (void)io;
+#endif
+}
+
+}  // namespace
 
 Runtime::Runtime(RuntimeOptions options)
     : owned_io_(std::make_unique<asio::io_context>(static_cast<int>(std::max(1u, options.io_threads)))),
       io_(owned_io_.get()),
       transports_(TransportRegistry::with_defaults()) {
+  check_io_backend(*io_);
   work_.emplace(io_->get_executor());
   for (unsigned i = 0; i < std::max(1u, options.io_threads); ++i) {
     io_threads_.emplace_back([io = io_] { io->run(); });
@@ -18,6 +46,7 @@ Runtime::Runtime(RuntimeOptions options)
 
 Runtime::Runtime(asio::io_context& io, RuntimeOptions options)
     : io_(&io), transports_(TransportRegistry::with_defaults()) {
+  check_io_backend(io);
   if (options.handler_threads > 0) {
     pool_ = std::make_unique<asio::thread_pool>(options.handler_threads);
     pool_size_ = options.handler_threads;
@@ -31,9 +60,15 @@ Runtime::~Runtime() {
     owned_io_->stop();
     for (auto& t : io_threads_) t.join();
     // Run what was queued before the stop (e.g. the close of a Client dropped just before the
-    // Runtime), so connections close and the objects they hold are released.
+    // Runtime), so connections close and the objects they hold are released. A closed socket's
+    // pending read may complete a moment later rather than at once (asio's io_uring backend
+    // cancels it asynchronously; its shutdown would drop it without destroying the handler, and
+    // with it the connection): wait briefly for what is still outstanding.
     owned_io_->restart();
-    for (int round = 0; round < 64 && owned_io_->poll() > 0; ++round) {
+    for (int round = 0; round < 64; ++round) {
+      std::size_t ran = owned_io_->poll();
+      if (ran == 0 && !owned_io_->stopped()) ran = owned_io_->run_one_for(std::chrono::milliseconds(20));
+      if (ran == 0) break;
     }
   }
 }
