@@ -56,6 +56,20 @@ TEST(IdMap, EmplaceRefusesATakenIdAndKeepsTheFirstValue) {
   EXPECT_TRUE(map.empty());
 }
 
+// The Session removes a finished call only while its id still maps to that call (the id may
+// already serve a newer one).
+TEST(IdMap, EraseWithAnExpectedValueRemovesOnlyThatValue) {
+  IdMap<Value> map;
+  const Value held = std::make_shared<int>(1);
+  ASSERT_TRUE(map.emplace(9, held));
+  EXPECT_FALSE(map.erase(9, std::make_shared<int>(1))) << "an equal int in another object is not the held value";
+  EXPECT_FALSE(map.erase(8, held));
+  ASSERT_NE(map.find(9), nullptr);
+  EXPECT_TRUE(map.erase(9, held));
+  EXPECT_EQ(map.find(9), nullptr);
+  EXPECT_TRUE(map.empty());
+}
+
 // Random inserts and erases over a small id range (long probe runs, wrap-around at the end of
 // the table, backward shifts) and over both halves of the id space (connector and acceptor ids).
 TEST(IdMap, AgreesWithStdMapUnderRandomInsertsAndErases) {

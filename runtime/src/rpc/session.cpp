@@ -982,7 +982,7 @@ void Session::complete_out_locked(const CallPtr& call, Status status, Buffer res
 void Session::remove_locked(const CallPtr& call) {
   call->open = false;
   CallMap& map = call->outgoing ? out_calls_ : in_calls_;
-  if (const CallPtr* found = map.find(call->id); found && *found == call) map.erase(call->id);
+  map.erase(call->id, call);  // only this call: its id may already serve a newer one
   if (call->pausing_reads) {
     call->pausing_reads = false;
     if (--paused_streams_ == 0 && mode_ != Mode::closed) conn_->set_read_paused(false);

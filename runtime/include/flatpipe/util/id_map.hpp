@@ -35,14 +35,13 @@ class IdMap {
 
   // The value stored under `id`, or nullptr.
   V* find(std::uint32_t id) noexcept {
-    if (size_ == 0) return nullptr;
-    for (std::size_t i = home(id);; i = next(i)) {
-      Slot& s = slots_[i];
-      if (!s.value) return nullptr;
-      if (s.id == id) return &s.value;
-    }
+    const std::size_t i = slot_of(id);
+    return i == kAbsent ? nullptr : &slots_[i].value;
   }
-  const V* find(std::uint32_t id) const noexcept { return const_cast<IdMap*>(this)->find(id); }
+  const V* find(std::uint32_t id) const noexcept {
+    const std::size_t i = slot_of(id);
+    return i == kAbsent ? nullptr : &slots_[i].value;
+  }
   bool contains(std::uint32_t id) const noexcept { return find(id) != nullptr; }
 
   // Stores `value` (non-empty) under `id`. False, and nothing changes, when `id` is taken.
@@ -61,29 +60,17 @@ class IdMap {
 
   // Removes `id`; false when it was not there.
   bool erase(std::uint32_t id) noexcept {
-    if (size_ == 0) return false;
-    std::size_t i = home(id);
-    for (;; i = next(i)) {
-      if (!slots_[i].value) return false;
-      if (slots_[i].id == id) break;
-    }
-    // Backward shift: pull later members of the probe run into the hole so that every key stays
-    // reachable from its home slot without tombstones.
-    for (std::size_t j = next(i);; j = next(j)) {
-      Slot& s = slots_[j];
-      if (!s.value) break;
-      const std::size_t h = home(s.id);
-      // s may move to the hole i when its home does not lie cyclically in (i, j].
-      const bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
-      if (!stays) {
-        slots_[i] = std::move(s);
-        i = j;
-      }
-    }
-    slots_[i].value = V();
-    --size_;
-    // Give back the room of a past burst of calls (keeps the table at most half full).
-    if (slots_.size() > kShrinkFrom && size_ * 8 < slots_.size()) rehash(slots_.size() / 4);
+    const std::size_t i = slot_of(id);
+    if (i == kAbsent) return false;
+    erase_slot(i);
+    return true;
+  }
+  // Removes `id` only while it holds `expected` (one probe, where find() then erase() take two);
+  // false when it is absent or holds another value.
+  bool erase(std::uint32_t id, const V& expected) noexcept {
+    const std::size_t i = slot_of(id);
+    if (i == kAbsent || !(slots_[i].value == expected)) return false;
+    erase_slot(i);
     return true;
   }
 
@@ -106,8 +93,39 @@ class IdMap {
     V value{};
   };
   static constexpr std::size_t kMinSlots = 16;
+  static constexpr std::size_t kAbsent = static_cast<std::size_t>(-1);
   static constexpr std::size_t kShrinkFrom = 1024;
   static constexpr unsigned kFullShift = 64;
+
+  // The slot holding `id`, or kAbsent.
+  std::size_t slot_of(std::uint32_t id) const noexcept {
+    if (size_ == 0) return kAbsent;
+    for (std::size_t i = home(id);; i = next(i)) {
+      const Slot& s = slots_[i];
+      if (!s.value) return kAbsent;
+      if (s.id == id) return i;
+    }
+  }
+
+  // Empties slot `i` (occupied). Backward shift: later members of its probe run move into the
+  // hole so that every key stays reachable from its home slot without tombstones.
+  void erase_slot(std::size_t i) noexcept {
+    for (std::size_t j = next(i);; j = next(j)) {
+      Slot& s = slots_[j];
+      if (!s.value) break;
+      const std::size_t h = home(s.id);
+      // s may move to the hole i when its home does not lie cyclically in (i, j].
+      const bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+      if (!stays) {
+        slots_[i] = std::move(s);
+        i = j;
+      }
+    }
+    slots_[i].value = V();
+    --size_;
+    // Give back the room of a past burst of calls (keeps the table at most half full).
+    if (slots_.size() > kShrinkFrom && size_ * 8 < slots_.size()) rehash(slots_.size() / 4);
+  }
 
   // Fibonacci hashing: request ids are mostly consecutive, and the multiply spreads them.
   std::size_t home(std::uint32_t id) const noexcept {
