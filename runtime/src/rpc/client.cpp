@@ -31,7 +31,7 @@ Status ClientStream::write(Buffer message) const {
   if (owner_->session->on_io_thread()) return io_thread_error("write");
   detail::SyncSlot<Status> slot;
   owner_->session->write(call_, std::move(message), [&slot](Status st) { slot.set(std::move(st)); });
-  return slot.wait();
+  return slot.wait(owner_->session->blocking_spin());
 }
 
 void ClientStream::write_done() const { owner_->session->write_done(call_); }
@@ -40,14 +40,14 @@ ReadResult ClientStream::read() const {
   if (owner_->session->on_io_thread()) return io_thread_error("read");
   detail::SyncSlot<ReadResult> slot;
   owner_->session->read(call_, [&slot](ReadResult r) { slot.set(std::move(r)); });
-  return slot.wait();
+  return slot.wait(owner_->session->blocking_spin());
 }
 
 Result<Buffer> ClientStream::finish() const {
   if (owner_->session->on_io_thread()) return io_thread_error("finish");
   detail::SyncSlot<Result<Buffer>> slot;
   owner_->session->await_response(call_, [&slot](Result<Buffer> r) { slot.set(std::move(r)); });
-  return slot.wait();
+  return slot.wait(owner_->session->blocking_spin());
 }
 
 void ClientStream::cancel() const {
@@ -84,6 +84,7 @@ void Client::start_connect(Runtime& runtime, const std::string& uri, ClientOptio
     done(Status(StatusCode::invalid_argument, "unknown mode '" + mode + "' in " + uri + " (netpipe or full)"));
     return;
   }
+  options.session.blocking_spin = runtime.idle_spin();
   TransportContext ctx{runtime.io(), {}};
   ctx.limits.max_frame = options.session.max_frame;
   auto handler_ex = runtime.handler_executor();
@@ -127,7 +128,7 @@ Result<Buffer> Client::call(std::uint32_t method, Buffer request, const CallOpti
   detail::SyncSlot<Result<Buffer>> slot;
   owner_->session->start_unary(method, std::move(request), options,
                                [&slot](Result<Buffer> r) { slot.set(std::move(r)); });
-  return slot.wait();
+  return slot.wait(owner_->session->blocking_spin());
 }
 
 Result<ClientStream> Client::open(std::uint32_t method, CallKind kind, Buffer request,

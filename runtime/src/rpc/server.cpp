@@ -7,6 +7,7 @@ namespace flatpipe {
 Server::Server(Runtime& runtime, ServerOptions options) : state_(std::make_shared<State>()) {
   state_->runtime = &runtime;
   state_->options = std::move(options);
+  state_->options.session.blocking_spin = runtime.idle_spin();
 }
 
 Server::~Server() { shutdown(std::chrono::milliseconds(0)); }

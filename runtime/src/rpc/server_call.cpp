@@ -20,14 +20,14 @@ Status ServerCall::write(Buffer message) const {
   if (session_->on_io_thread()) return on_io_thread_error("write");
   detail::SyncSlot<Status> slot;
   session_->write(call_, std::move(message), [&slot](Status st) { slot.set(std::move(st)); });
-  return slot.wait();
+  return slot.wait(session_->blocking_spin());
 }
 
 ReadResult ServerCall::read() const {
   if (session_->on_io_thread()) return on_io_thread_error("read");
   detail::SyncSlot<ReadResult> slot;
   session_->read(call_, [&slot](ReadResult r) { slot.set(std::move(r)); });
-  return slot.wait();
+  return slot.wait(session_->blocking_spin());
 }
 
 Status MethodTable::add(MethodInfo method) {

@@ -1,5 +1,6 @@
 #include "flatpipe/runtime.hpp"
 
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -27,16 +28,42 @@ void check_io_backend(asio::io_context& io) {
 #endif
 }
 
+// An I/O thread's loop: io.run(), except that after the last ready handler the thread polls for
+// up to `spin` (RuntimeOptions::idle_spin) before it blocks in the kernel again. Between polls it
+// offers its CPU to other runnable threads (sched_yield), so that polling never keeps the thread
+// it waits for (the peer, a caller to be woken) off a CPU. Returns when `io` is stopped; a
+// handler's exception propagates, as from run().
+void run_io_thread(asio::io_context& io, std::chrono::microseconds spin) {
+  if (spin.count() <= 0) {
+    io.run();
+    return;
+  }
+  using clock = std::chrono::steady_clock;
+  while (io.run_one() > 0) {
+    auto last_work = clock::now();
+    for (;;) {
+      if (io.poll() > 0) {
+        last_work = clock::now();
+      } else if (io.stopped() || clock::now() - last_work >= spin) {
+        break;
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Runtime::Runtime(RuntimeOptions options)
     : owned_io_(std::make_unique<asio::io_context>(static_cast<int>(std::max(1u, options.io_threads)))),
       io_(owned_io_.get()),
+      idle_spin_(options.idle_spin),
       transports_(TransportRegistry::with_defaults()) {
   check_io_backend(*io_);
   work_.emplace(io_->get_executor());
   for (unsigned i = 0; i < std::max(1u, options.io_threads); ++i) {
-    io_threads_.emplace_back([io = io_] { io->run(); });
+    io_threads_.emplace_back([io = io_, spin = options.idle_spin] { run_io_thread(*io, spin); });
   }
   if (options.handler_threads > 0) {
     pool_ = std::make_unique<asio::thread_pool>(options.handler_threads);
@@ -45,7 +72,7 @@ Runtime::Runtime(RuntimeOptions options)
 }
 
 Runtime::Runtime(asio::io_context& io, RuntimeOptions options)
-    : io_(&io), transports_(TransportRegistry::with_defaults()) {
+    : io_(&io), idle_spin_(options.idle_spin), transports_(TransportRegistry::with_defaults()) {
   check_io_backend(io);
   if (options.handler_threads > 0) {
     pool_ = std::make_unique<asio::thread_pool>(options.handler_threads);

@@ -7,6 +7,8 @@
 // there. Any asio token works: a callback, asio::use_awaitable, asio::use_future, asio::deferred.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
@@ -17,6 +19,8 @@
 #include <asio/async_result.hpp>
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
+
+#include "flatpipe/util/spin.hpp"
 #include <asio/execution/outstanding_work.hpp>
 #include <asio/prefer.hpp>
 
@@ -71,17 +75,22 @@ auto async_op(const Executor& executor, Token&& token, Start&& start) {
       token, std::forward<Start>(start));
 }
 
-// A one-shot slot a blocking caller waits on.
+// A one-shot slot a blocking caller waits on. set() from any thread, once; wait() from one.
 template <class T>
 class SyncSlot {
  public:
   void set(T value) {
-    // Notify under the lock: the waiter may destroy the slot as soon as it sees the value.
+    // Notify under the lock: the waiter may destroy the slot as soon as it sees the value (a
+    // waiter that saw ready_ while spinning takes the lock before it returns, so it cannot).
     std::lock_guard lk(mu_);
     value_.emplace(std::move(value));
+    ready_.store(true, std::memory_order_release);
     cv_.notify_one();
   }
-  T wait() {
+  // Blocks until set(). Polls for up to `spin` first (RuntimeOptions::idle_spin): a value that
+  // comes within it is taken without the sleep and wakeup of the condition variable.
+  T wait(std::chrono::nanoseconds spin = std::chrono::nanoseconds::zero()) {
+    detail::spin_until([this] { return ready_.load(std::memory_order_acquire); }, spin, /*offer_cpu=*/true);
     std::unique_lock lk(mu_);
     cv_.wait(lk, [&] { return value_.has_value(); });
     return std::move(*value_);
@@ -97,6 +106,7 @@ class SyncSlot {
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<T> value_;
+  std::atomic<bool> ready_{false};
 };
 
 }  // namespace flatpipe::detail

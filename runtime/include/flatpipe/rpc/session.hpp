@@ -67,6 +67,10 @@ struct SessionOptions {
   // started without a deadline gets one this far ahead, so a lost request or reply ends the call
   // with DEADLINE_EXCEEDED instead of leaving it open for ever. 0 = no implicit deadline.
   std::chrono::milliseconds unreliable_call_timeout{10000};
+  // A blocking call, read or write on this connection (Client::call, ClientStream::read, ...)
+  // polls this long for its outcome before it sleeps. Client and Server set it from the Runtime's
+  // RuntimeOptions::idle_spin.
+  std::chrono::microseconds blocking_spin{0};
 };
 
 // Counters, for tests and monitoring.
@@ -193,6 +197,8 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
     return MessageBuilder(conn_->make_body_allocator(), initial_size);
   }
   asio::io_context& io() const noexcept { return io_; }
+  // SessionOptions::blocking_spin, for the blocking forms of the client and server APIs.
+  std::chrono::microseconds blocking_spin() const noexcept { return options_.blocking_spin; }
   // True when the caller runs on this session's I/O context (where blocking would deadlock).
   bool on_io_thread() const noexcept;
 

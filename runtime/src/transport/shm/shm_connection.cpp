@@ -12,6 +12,8 @@
 
 #include <asio/post.hpp>
 
+#include "flatpipe/util/spin.hpp"
+
 namespace flatpipe::shm {
 namespace {
 
@@ -23,14 +25,6 @@ constexpr auto kSpinSlice = 2us;           // one busy-wait slice before yieldin
 constexpr auto kCloseFlushLimit = 2s;      // close(flush) gives queued frames this long
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t to) noexcept { return (v + to - 1) / to * to; }
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
 
 }  // namespace
 
@@ -616,10 +610,7 @@ void ShmConnection::poll() {
       idle_since_ = now;
       continue;
     }
-    bool seen = false;
-    const auto slice_end = now + kSpinSlice;
-    while (!(seen = work_visible()) && std::chrono::steady_clock::now() < slice_end) cpu_relax();
-    if (seen) continue;
+    if (detail::spin_until([this] { return work_visible(); }, kSpinSlice)) continue;
     if (now - idle_since_ < tuning_.spin) {
       // Let a thread this one keeps from running (a caller about to be woken by what was just
       // delivered, on a machine with few cores) have the CPU before polling on.
