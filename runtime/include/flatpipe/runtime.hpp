@@ -31,7 +31,8 @@ struct RuntimeOptions {
   // costs a wakeup per message, which on virtual machines (an idle vCPU halts) is most of a
   // loopback round trip; polling costs CPU only after activity, at most this long each time the
   // thread goes idle. 0 disables it: the thread sleeps as soon as it has nothing to do. Ignored
-  // when the io_context is borrowed (its owner runs it). Blocking calls (Client::call, a stream's
+  // when the io_context is borrowed (its owner runs it) and on the io_uring backend
+  // (FLATPIPE_IO_URING, docs/runtime.md). Blocking calls (Client::call, a stream's
   // read() or write(), ServerCall's on a handler pool) poll for their outcome as long.
   std::chrono::microseconds idle_spin{50};
 };
