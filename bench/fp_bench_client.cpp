@@ -1,8 +1,8 @@
-// fp_bench_client --connect URI [--samples N] [--seconds S] [--warmup S] [--only KIND]
+// fp_bench_client --connect URI [--samples N] [--seconds S] [--warmup S] [--only KIND] [--no-idle-spin]
 //
 // Runs every scenario against fp_bench_server over one connection and prints one line per
 // figure (`flatpipe.<transport>.<kind>.<metric>.<size> value unit`), then its own peak RSS and
-// thread count. The default Runtime (one I/O thread). With an inproc:// URI the client serves the
+// thread count. The default Runtime (one I/O thread; fp_bench::take_runtime_args for --no-idle-spin). With an inproc:// URI the client serves the
 // Bench service itself, on the same Runtime, and calls it in process. Latency, in-flight and stream figures use
 // the coroutine API (co_await ... asio::use_awaitable), the idiomatic fast path; the blocking
 // client's unary latency is reported as its own kind, `unary_blocking`.
@@ -31,8 +31,6 @@ using flatpipe::Client;
 using flatpipe::ClientStream;
 using flatpipe::Result;
 using flatpipe::Status;
-
-const std::string kSystem = "flatpipe";
 
 Buffer make_blob(std::uint64_t seq, std::size_t size) {
   flatbuffers::FlatBufferBuilder fb(bench::builder_size(size));
@@ -247,12 +245,14 @@ asio::awaitable<StreamFigure> bidi(Client client, std::size_t size, double secon
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string system_name;
+  const flatpipe::RuntimeOptions options = fp_bench::take_runtime_args(argc, argv, system_name);
   std::string uri;
   bench::Params p;
   if (!bench::parse_client_args("fp_bench_client", argc, argv, uri, p)) return 2;
   const std::string tr = bench::transport_of(uri);
 
-  flatpipe::Runtime runtime;  // the default: one I/O thread
+  flatpipe::Runtime runtime(options);
   // inproc:// has no other process to serve it: the Bench service runs here, on the same Runtime
   // (one I/O thread for both ends, as an in-process user would have it).
   std::unique_ptr<flatpipe::Server> local_server;
@@ -275,7 +275,7 @@ int main(int argc, char** argv) {
   threads.sample();
   int failures = 0;
   auto fail = [&](const std::string& what, const std::string& why) {
-    bench::emit_error(kSystem + "." + tr + "." + what + ": " + why);
+    bench::emit_error(system_name + "." + tr + "." + what + ": " + why);
     ++failures;
   };
 
@@ -288,8 +288,8 @@ int main(int argc, char** argv) {
         fail("unary", err);
         continue;
       }
-      bench::emit(kSystem, tr, "unary", "p50", bench::size_label(size), bench::percentile_us(ns, 0.50), "us");
-      bench::emit(kSystem, tr, "unary", "p99", bench::size_label(size), bench::percentile_us(ns, 0.99), "us");
+      bench::emit(system_name, tr, "unary", "p50", bench::size_label(size), bench::percentile_us(ns, 0.50), "us");
+      bench::emit(system_name, tr, "unary", "p99", bench::size_label(size), bench::percentile_us(ns, 0.99), "us");
       threads.sample();
     }
   }
@@ -300,8 +300,8 @@ int main(int argc, char** argv) {
     if (!err.empty()) {
       fail("unary_blocking", err);
     } else {
-      bench::emit(kSystem, tr, "unary_blocking", "p50", bench::size_label(size), bench::percentile_us(ns, 0.50), "us");
-      bench::emit(kSystem, tr, "unary_blocking", "p99", bench::size_label(size), bench::percentile_us(ns, 0.99), "us");
+      bench::emit(system_name, tr, "unary_blocking", "p50", bench::size_label(size), bench::percentile_us(ns, 0.50), "us");
+      bench::emit(system_name, tr, "unary_blocking", "p99", bench::size_label(size), bench::percentile_us(ns, 0.99), "us");
     }
     threads.sample();
   }
@@ -315,7 +315,7 @@ int main(int argc, char** argv) {
         fail(kind, err);
         continue;
       }
-      bench::emit(kSystem, tr, kind, "calls", bench::size_label(bench::kInflightSize), *rate, "calls/s");
+      bench::emit(system_name, tr, kind, "calls", bench::size_label(bench::kInflightSize), *rate, "calls/s");
       threads.sample();
     }
   }
@@ -325,8 +325,8 @@ int main(int argc, char** argv) {
       return;
     }
     const double msgs = static_cast<double>(f.messages) / f.seconds;
-    bench::emit(kSystem, tr, kind, "msgs", bench::size_label(size), msgs, "msg/s");
-    bench::emit(kSystem, tr, kind, "bytes", bench::size_label(size), msgs * static_cast<double>(size) / 1e6, "MB/s");
+    bench::emit(system_name, tr, kind, "msgs", bench::size_label(size), msgs, "msg/s");
+    bench::emit(system_name, tr, kind, "bytes", bench::size_label(size), msgs * static_cast<double>(size) / 1e6, "MB/s");
     threads.sample();
   };
   if (bench::wanted(p, "stream")) {
@@ -346,7 +346,7 @@ int main(int argc, char** argv) {
     stream_figures("bidi", bench::kBidiSize, run(runtime, bidi(client, bench::kBidiSize, p.seconds)));
   }
 
-  bench::emit_process(kSystem, tr, "client", threads);
+  bench::emit_process(system_name, tr, "client", threads);
   client.close();
   if (local_server) local_server->shutdown(std::chrono::milliseconds(500));
   return failures == 0 ? 0 : 1;

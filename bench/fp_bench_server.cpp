@@ -1,9 +1,9 @@
-// fp_bench_server --listen URI
+// fp_bench_server --listen URI [--no-idle-spin]
 //
-// The Bench service (bench.fbs, fp_bench_service.hpp) on flatpipe, with the default Runtime (one I/O thread; handlers
-// run on it). Prints `listening <bound uri>`, serves until its standard input closes, then
-// prints its own figures (`flatpipe.<transport>.server.peak_rss.all`, `...threads.all`) and
-// shuts down.
+// The Bench service (bench.fbs, fp_bench_service.hpp) on flatpipe, with the default Runtime (one
+// I/O thread; handlers run on it; fp_bench::take_runtime_args for --no-idle-spin). Prints
+// `listening <bound uri>`, serves until its standard input closes, then prints its own figures
+// (`flatpipe.<transport>.server.peak_rss.all`, `...threads.all`) and shuts down.
 #include <cstdio>
 #include <string>
 
@@ -12,22 +12,24 @@
 #include "fp_bench_service.hpp"
 
 int main(int argc, char** argv) {
+  std::string system;
+  const flatpipe::RuntimeOptions options = fp_bench::take_runtime_args(argc, argv, system);
   std::string listen;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--listen" && i + 1 < argc) {
       listen = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: fp_bench_server --listen URI\n");
+      std::fprintf(stderr, "usage: fp_bench_server --listen URI [--no-idle-spin]\n");
       return 2;
     }
   }
   if (listen.empty()) {
-    std::fprintf(stderr, "usage: fp_bench_server --listen URI\n");
+    std::fprintf(stderr, "usage: fp_bench_server --listen URI [--no-idle-spin]\n");
     return 2;
   }
 
-  flatpipe::Runtime runtime;  // the default: one I/O thread, handlers on it
+  flatpipe::Runtime runtime(options);
   flatpipe::Server server(runtime);
   if (flatpipe::Status st = fp_bench::add_methods(server); !st.ok()) {
     std::fprintf(stderr, "fp_bench_server: %s\n", st.to_string().c_str());
@@ -48,7 +50,7 @@ int main(int argc, char** argv) {
 
   bench::ThreadWatermark threads;
   threads.sample();
-  bench::emit_process("flatpipe", bench::transport_of(*bound), "server", threads);
+  bench::emit_process(system, bench::transport_of(*bound), "server", threads);
   server.shutdown(std::chrono::milliseconds(500));
   return 0;
 }

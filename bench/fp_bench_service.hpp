@@ -11,13 +11,31 @@
 
 namespace fp_bench {
 
-
 using flatpipe::Buffer;
 using flatpipe::CallKind;
 using flatpipe::Result;
 using flatpipe::ServerCall;
 using flatpipe::Status;
 using flatpipe::StatusCode;
+
+// `--no-idle-spin`, taken out of argv by both programs: the Runtime sleeps as soon as it has
+// nothing to do (RuntimeOptions::idle_spin = 0), and the figures are named `flatpipe_nospin`, to
+// show what the default's polling before sleeping buys. Returns the Runtime's options.
+inline flatpipe::RuntimeOptions take_runtime_args(int& argc, char** argv, std::string& system) {
+  flatpipe::RuntimeOptions options;  // the default: one I/O thread, handlers on it, polling 50 us
+  system = "flatpipe";
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--no-idle-spin") {
+      options.idle_spin = std::chrono::microseconds(0);
+      system = "flatpipe_nospin";
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argc = out;
+  return options;
+}
 
 // A Blob built with the call's builder: in the connection's own send memory (the shm segment,
 // so the message is never copied; the heap for tcp and unix), as a real server would.

@@ -234,6 +234,12 @@ def plan(build_dir, systems, tmpdir):
                         ("shm", f"shm://flatpipe-bench-{os.getpid()}")):
             runs.append((f"flatpipe {tr}", [os.path.join(bench, "fp_bench_server"), "--listen", uri],
                          [os.path.join(bench, "fp_bench_client")]))
+        # The same round trips with a Runtime that sleeps as soon as it is idle (--no-idle-spin,
+        # figures named flatpipe_nospin): what the default's polling before sleeping buys.
+        for tr, uri in (("tcp", "tcp://127.0.0.1:0"), ("unix", uds("flatpipe-nospin"))):
+            runs.append((f"flatpipe_nospin {tr}",
+                         [os.path.join(bench, "fp_bench_server"), "--listen", uri, "--no-idle-spin"],
+                         [os.path.join(bench, "fp_bench_client"), "--no-idle-spin", "--only", "unary", "--size", "64"]))
         # inproc: one process, the client serves itself (no server process).
         runs.append(("flatpipe inproc", None,
                      [os.path.join(bench, "fp_bench_client"), "--connect", f"inproc://flatpipe-bench-{os.getpid()}"]))
@@ -260,6 +266,8 @@ def compute_ratios(r):
                   f"flatpipe.{tr}.unary.p50.{size}", f"raw.{tr}.pingpong.p50.{size}")
             ratio(f"ratio.{tr}.unary.p50.{size}.flatpipe_over_grpc",
                   f"flatpipe.{tr}.unary.p50.{size}", f"grpc.{tr}.unary.p50.{size}")
+        ratio(f"ratio.{tr}.unary.p50.64B.flatpipe_nospin_over_raw",
+              f"flatpipe_nospin.{tr}.unary.p50.64B", f"raw.{tr}.pingpong.p50.64B")
         ratio(f"ratio.{tr}.unary_blocking.p50.64B.flatpipe_over_raw",
               f"flatpipe.{tr}.unary_blocking.p50.64B", f"raw.{tr}.pingpong.p50.64B")
         ratio(f"ratio.{tr}.unary_blocking.p50.64B.flatpipe_over_grpc",
