@@ -19,11 +19,10 @@
 #include <asio/async_result.hpp>
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
-
-#include "flatpipe/util/spin.hpp"
 #include <asio/execution/outstanding_work.hpp>
 #include <asio/prefer.hpp>
 
+#include "flatpipe/util/spin.hpp"
 #include "flatpipe/util/unique_function.hpp"
 
 namespace flatpipe::detail {
