@@ -3,7 +3,8 @@
 //   - an I/O thread that polls after work still goes to sleep: idle, it uses next to no CPU;
 //   - a long idle_spin does poll: the thread uses CPU after a call, where idle_spin 0 uses none;
 //   - calls work with and without polling, over tcp and unix, including a blocking call whose
-//     reply comes long after the poll budget (the sleeping path) and one within it;
+//     reply comes long after the poll budget (the sleeping path) and one within it, and with two
+//     I/O threads;
 //   - SyncSlot hands over a value set before the wait, during the poll and after it, once.
 #include <pthread.h>
 #include <time.h>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
@@ -135,6 +137,34 @@ INSTANTIATE_TEST_SUITE_P(Transports, RuntimeSpin,
                          [](const auto& p) {
                            return p.param.first + "_spin" + std::to_string(p.param.second.count()) + "us";
                          });
+
+// Two I/O threads poll side by side (one of them waits in the reactor while the other polls the
+// queue) and serve concurrent callers; each reply matches its call, and the Runtime stops.
+TEST(RuntimeIdleSpin, TwoIoThreadsServeConcurrentCallers) {
+  for (auto spin : {0us, 50us}) {
+    RuntimeOptions o;
+    o.io_threads = 2;
+    o.idle_spin = spin;
+    Runtime runtime(o);
+    EXPECT_EQ(runtime.thread_count(), 2u);
+    Served served(runtime, "tcp://127.0.0.1:0");
+    auto client = Client::connect(runtime, served.endpoint);
+    ASSERT_TRUE(client.ok()) << client.status().to_string();
+    std::atomic<int> matched{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 4; ++t) {
+      callers.emplace_back([&, t] {
+        for (int i = 0; i < 200; ++i) {
+          const std::string m = std::to_string(t) + ":" + std::to_string(i);
+          auto r = client->call(1, bytes(m));
+          if (r.ok() && text(*r) == m) ++matched;
+        }
+      });
+    }
+    for (auto& c : callers) c.join();
+    EXPECT_EQ(matched.load(), 800) << "idle_spin " << spin.count() << " us";
+  }
+}
 
 // The default Runtime polls after each call, and then sleeps: 400 ms without traffic cost its
 // I/O thread almost no CPU (a thread that kept polling would use a large share of it).
