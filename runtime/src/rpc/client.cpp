@@ -84,21 +84,20 @@ void Client::start_connect(Runtime& runtime, const std::string& uri, ClientOptio
     done(Status(StatusCode::invalid_argument, "unknown mode '" + mode + "' in " + uri + " (netpipe or full)"));
     return;
   }
-  options.session.blocking_spin = runtime.idle_spin();
   TransportContext ctx{runtime.io(), {}};
   ctx.limits.max_frame = options.session.max_frame;
   auto handler_ex = runtime.handler_executor();
   asio::io_context& io = runtime.io();
   transport->async_connect(
       *ep, ctx,
-      [&io, options = std::move(options), handler_ex,
+      [&io, options = std::move(options), handler_ex, spin = runtime.idle_spin(),
        done = std::move(done)](Result<std::shared_ptr<FrameConnection>> conn) mutable {
         if (!conn) {
           done(conn.status());
           return;
         }
         auto session = std::make_shared<Session>(Session::Role::connector, std::move(*conn), io, options.session,
-                                                 options.methods, handler_ex);
+                                                 options.methods, handler_ex, spin);
         auto owner = std::make_shared<detail::SessionOwner>();
         owner->session = session;
         auto shared_done = std::make_shared<UniqueFunction<void(Result<Client>)>>(std::move(done));

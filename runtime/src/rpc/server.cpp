@@ -7,7 +7,6 @@ namespace flatpipe {
 Server::Server(Runtime& runtime, ServerOptions options) : state_(std::make_shared<State>()) {
   state_->runtime = &runtime;
   state_->options = std::move(options);
-  state_->options.session.blocking_spin = runtime.idle_spin();
 }
 
 Server::~Server() { shutdown(std::chrono::milliseconds(0)); }
@@ -84,7 +83,7 @@ void Server::accept(const std::shared_ptr<State>& state, std::shared_ptr<FrameCo
     }
     session = std::make_shared<Session>(Session::Role::acceptor, std::move(conn), state->runtime->io(),
                                         state->options.session, state->methods,
-                                        state->runtime->handler_executor());
+                                        state->runtime->handler_executor(), state->runtime->idle_spin());
     state->sessions.insert(session);
     on_connection = state->on_connection;
   }

@@ -157,13 +157,14 @@ const char* call_kind_name(CallKind kind) noexcept {
 
 Session::Session(Role role, std::shared_ptr<FrameConnection> connection, asio::io_context& io,
                  SessionOptions options, std::shared_ptr<const MethodTable> methods,
-                 asio::any_io_executor handler_executor)
+                 asio::any_io_executor handler_executor, std::chrono::microseconds blocking_spin)
     : role_(role),
       conn_(std::move(connection)),
       io_(io),
       options_(options),
       methods_(std::move(methods)),
       handler_executor_(std::move(handler_executor)),
+      blocking_spin_(blocking_spin),
       peer_(conn_->peer()),
       traits_(conn_->traits()),
       deadline_timer_(io),

@@ -67,10 +67,6 @@ struct SessionOptions {
   // started without a deadline gets one this far ahead, so a lost request or reply ends the call
   // with DEADLINE_EXCEEDED instead of leaving it open for ever. 0 = no implicit deadline.
   std::chrono::milliseconds unreliable_call_timeout{10000};
-  // A blocking call, read or write on this connection (Client::call, ClientStream::read, ...)
-  // polls this long for its outcome before it sleeps. Client and Server set it from the Runtime's
-  // RuntimeOptions::idle_spin.
-  std::chrono::microseconds blocking_spin{0};
 };
 
 // Counters, for tests and monitoring.
@@ -135,8 +131,12 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
 
   // `methods` serves calls the peer opens (may be null: every call then gets UNIMPLEMENTED).
   // `handler_executor`: where handlers run; a null executor runs them on the I/O thread.
+  // `blocking_spin`: how long a blocking call, read or write on this connection (Client::call,
+  // ClientStream::read, ServerCall::write, ...) polls for its outcome before it sleeps; Client and
+  // Server pass their Runtime's RuntimeOptions::idle_spin.
   Session(Role role, std::shared_ptr<FrameConnection> connection, asio::io_context& io, SessionOptions options,
-          std::shared_ptr<const MethodTable> methods, asio::any_io_executor handler_executor);
+          std::shared_ptr<const MethodTable> methods, asio::any_io_executor handler_executor,
+          std::chrono::microseconds blocking_spin = std::chrono::microseconds(0));
   ~Session() override;
 
   // Starts reading. A connector in full mode sends its handshake; `ready` is called once when
@@ -197,8 +197,8 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
     return MessageBuilder(conn_->make_body_allocator(), initial_size);
   }
   asio::io_context& io() const noexcept { return io_; }
-  // SessionOptions::blocking_spin, for the blocking forms of the client and server APIs.
-  std::chrono::microseconds blocking_spin() const noexcept { return options_.blocking_spin; }
+  // The constructor's `blocking_spin`, for the blocking forms of the client and server APIs.
+  std::chrono::microseconds blocking_spin() const noexcept { return blocking_spin_; }
   // True when the caller runs on this session's I/O context (where blocking would deadlock).
   bool on_io_thread() const noexcept;
 
@@ -277,6 +277,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   const SessionOptions options_;
   const std::shared_ptr<const MethodTable> methods_;
   const asio::any_io_executor handler_executor_;
+  const std::chrono::microseconds blocking_spin_;
   const std::string peer_;
   const ConnectionTraits traits_;
 
