@@ -541,10 +541,13 @@ class RawShmPeer {
   std::uint64_t heap_size() const { return layout_.heap_size; }
 
   // Publishes one descriptor into our ring and rings the doorbell.
-  void publish(const shm::Desc& d) {
-    const std::uint64_t head = hdr().desc_head.load();
-    std::memcpy(mine_.data() + layout_.desc_offset + (head % shm::kDescSlots) * shm::kDescBytes, &d, sizeof d);
-    hdr().desc_head.store(head + 1);
+  void publish(const shm::Desc& d) { publish_with_seq(d, desc_head_ + 1); }
+  // The same with any sequence number (a correct peer's is the descriptor's number + 1).
+  void publish_with_seq(const shm::Desc& d, std::uint64_t seq) {
+    auto* slot = reinterpret_cast<shm::Desc*>(mine_.data() + layout_.desc_offset +
+                                              (desc_head_ % shm::kDescSlots) * shm::kDescBytes);
+    shm::publish_desc(slot, d, seq);
+    ++desc_head_;
     ring();
   }
   // Gives lease `id` back to the server through our release ring.
@@ -582,10 +585,11 @@ class RawShmPeer {
 
   // The next frame the server published, as (header, payload), within `wait`.
   std::optional<std::pair<wire::FrameHeader, std::string>> next_frame(std::chrono::milliseconds wait = kWait) {
-    const auto* ph = reinterpret_cast<const shm::SegmentHeader*>(peer_.data());
-    if (!eventually([&] { return ph->desc_head.load() != rx_tail_; }, wait)) return std::nullopt;
+    const auto* slot = reinterpret_cast<const shm::Desc*>(peer_.data() + peer_layout_.desc_offset +
+                                                          (rx_tail_ % shm::kDescSlots) * shm::kDescBytes);
+    if (!eventually([&] { return shm::desc_seq(slot) == rx_tail_ + 1; }, wait)) return std::nullopt;
     shm::Desc d;
-    std::memcpy(&d, peer_.data() + peer_layout_.desc_offset + (rx_tail_ % shm::kDescSlots) * shm::kDescBytes, sizeof d);
+    std::memcpy(&d, slot, sizeof d);
     ++rx_tail_;
     hdr().desc_tail.store(rx_tail_);
     const wire::FrameHeader h = wire::decode_header(d.head + 4);
@@ -618,6 +622,7 @@ class RawShmPeer {
   shm::Layout layout_;
   shm::Layout peer_layout_;
   std::uint64_t rx_tail_ = 0;
+  std::uint64_t desc_head_ = 0;  // descriptors we published
   bool ok_ = false;
 };
 
@@ -725,10 +730,9 @@ TEST(ShmBadInput, GarbageDescriptorsCloseOnlyThatConnection) {
          d.lease = 0;
          p.publish(d);
        }},
-      {"ring head far ahead",
+      {"descriptor sequence number out of order",
        [](RawShmPeer& p) {
-         p.hdr().desc_head.store(shm::kDescSlots * 3ull);
-         p.ring();
+         p.publish_with_seq(p.desc(wire::FrameType::request, 0, kEcho, "ping"), shm::kDescSlots * 3ull);
        }},
       {"release of a lease never lent",
        [](RawShmPeer& p) {

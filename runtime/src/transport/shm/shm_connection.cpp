@@ -185,10 +185,17 @@ class Shared {
     {
       std::lock_guard lk(release_mu);
       if (closed) return;
-      const std::uint64_t tail = peer_hdr->release_tail.load(std::memory_order_acquire);
-      if (release_head_ - tail >= kReleaseSlots) {
-        ++dropped_releases;
-        return;
+      // The peer's counter is read only when the ring looks full by the last value read: it is a
+      // line the peer writes on every drain, so reading it per release would be a cache miss.
+      if (release_head_ - peer_release_tail_seen_ >= kReleaseSlots) {
+        const std::uint64_t tail = peer_hdr->release_tail.load(std::memory_order_acquire);
+        // Only grows, never past what was published; anything else is the peer's fault, and
+        // the ring is treated as full (the peer learns of no further releases).
+        if (tail >= peer_release_tail_seen_ && tail <= release_head_) peer_release_tail_seen_ = tail;
+        if (release_head_ - peer_release_tail_seen_ >= kReleaseSlots) {
+          ++dropped_releases;
+          return;
+        }
       }
       std::memcpy(&my_release_ring[release_head_ % kReleaseSlots], &id, sizeof id);
       ++release_head_;
@@ -259,7 +266,8 @@ class Shared {
   std::map<std::uint64_t, Block> used_;          // offset -> block
   std::vector<LeaseSlot> leases_;
   std::vector<std::uint32_t> free_leases_;
-  std::uint64_t release_head_ = 0;  // release_mu
+  std::uint64_t release_head_ = 0;            // release_mu
+  std::uint64_t peer_release_tail_seen_ = 0;  // release_mu: the peer's release_tail as last read
 };
 
 namespace {
@@ -435,6 +443,9 @@ void ShmConnection::wait_for_room_locked() {
 }
 
 void ShmConnection::ring_if_asleep_locked() {
+  // Dekker with sleep(): the descriptors just published are globally visible before the sleep
+  // word is read, as the reader's sleep word is before it looks at the ring once more.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   const std::uint32_t w = sh_->peer_hdr->sleep_word.load(std::memory_order_seq_cst);
   if ((w & 1u) && w != rung_sleep_) {
     rung_sleep_ = w;
@@ -530,9 +541,8 @@ ShmConnection::Publish ShmConnection::publish_locked(Pending& p) {
     }
     d.lease = sh_->new_lease_locked(blocks, nblocks);
   }
-  std::memcpy(&sh_->my_ring[desc_head_ % kDescSlots], &d, sizeof d);
+  publish_desc(&sh_->my_ring[desc_head_ % kDescSlots], d, desc_head_ + 1);
   ++desc_head_;
-  sh_->my_hdr->desc_head.store(desc_head_, std::memory_order_seq_cst);
   if (d.kind == static_cast<std::uint8_t>(DescKind::memfd)) {
     ++stats_.large;
   } else if (zero_copy) {
@@ -600,8 +610,7 @@ void ShmConnection::poll() {
     const auto now = std::chrono::steady_clock::now();
     if (peer_gone_) {
       if (did) continue;  // deliver what the peer published before it went
-      const bool held = (paused_.load() && !rx_stopped_ &&
-                         sh_->peer_hdr->desc_head.load(std::memory_order_acquire) != rx_tail_);
+      const bool held = paused_.load() && !rx_stopped_ && peer_published();
       chain_active_ = false;
       if (!held) finish(Status(StatusCode::unavailable, "peer closed the connection"));
       return;  // held: set_read_paused(false) wakes the chain again
@@ -642,10 +651,7 @@ bool ShmConnection::step() {
 bool ShmConnection::work_visible() const {
   // New frames are looked for first, so a release published just before them (a line the peer
   // just wrote: a cache miss) does not delay their delivery.
-  if (!paused_.load(std::memory_order_relaxed) && !rx_stopped_ &&
-      sh_->peer_hdr->desc_head.load(std::memory_order_seq_cst) != rx_tail_) {
-    return true;
-  }
+  if (!paused_.load(std::memory_order_relaxed) && !rx_stopped_ && peer_published()) return true;
   return sh_->peer_hdr->release_head.load(std::memory_order_seq_cst) != sh_->rel_tail.load(std::memory_order_relaxed);
 }
 
@@ -738,20 +744,32 @@ bool ShmConnection::drain_releases() {
   return did;
 }
 
+std::uint64_t ShmConnection::stale_seq() const noexcept {
+  return rx_tail_ >= kDescSlots ? rx_tail_ + 1 - kDescSlots : 0;
+}
+
+bool ShmConnection::peer_published() const noexcept {
+  return desc_seq(&sh_->peer_ring[rx_tail_ % kDescSlots]) != stale_seq();
+}
+
 bool ShmConnection::deliver_batch() {
-  if (paused_.load() || rx_stopped_ || !sink_) return false;
-  const std::uint64_t head = sh_->peer_hdr->desc_head.load(std::memory_order_acquire);
-  if (head == rx_tail_) return false;
-  if (head - rx_tail_ > kDescSlots) {
-    frame_error(Status(StatusCode::invalid_argument,
-                       "shm: the peer's descriptor ring head " + std::to_string(head) + " is out of range (tail " +
-                           std::to_string(rx_tail_) + ")"));
-    return true;
-  }
+  if (paused_.load() || rx_stopped_ || !sink_ || !peer_published()) return false;
   const std::shared_ptr<FrameSink> sink = sink_;
-  for (int n = 0; n < kBatch && rx_tail_ != head; ++n) {
+  for (int n = 0; n < kBatch; ++n) {
+    const Desc* slot = &sh_->peer_ring[rx_tail_ % kDescSlots];
+    const std::uint64_t seq = desc_seq(slot);
+    if (seq != rx_tail_ + 1) {
+      if (seq == stale_seq()) break;  // not published yet
+      sh_->my_hdr->desc_tail.store(rx_tail_, std::memory_order_seq_cst);
+      frame_error(Status(StatusCode::invalid_argument,
+                         "shm: the peer's descriptor slot " + std::to_string(rx_tail_ % kDescSlots) +
+                             " holds sequence number " + std::to_string(seq) + ", expected " +
+                             std::to_string(rx_tail_ + 1) + " (or " + std::to_string(stale_seq()) +
+                             " before it is written)"));
+      return true;
+    }
     Desc d;
-    std::memcpy(&d, &sh_->peer_ring[rx_tail_ % kDescSlots], sizeof d);  // read once, then check
+    std::memcpy(&d, slot, sizeof d);  // read once, then check
     ++rx_tail_;
     wire::Frame frame;
     Status why;

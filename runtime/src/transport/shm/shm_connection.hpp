@@ -97,6 +97,8 @@ class ShmConnection final : public FrameConnection, public std::enable_shared_fr
   bool deliver_batch();
   bool drain_releases();
   bool work_visible() const;
+  std::uint64_t stale_seq() const noexcept;    // the seq the next peer slot holds until written
+  bool peer_published() const noexcept;        // the next peer slot holds something new
   void sleep();
   void on_doorbell(const std::error_code& ec);
   void read_socket();
@@ -120,7 +122,7 @@ class ShmConnection final : public FrameConnection, public std::enable_shared_fr
   mutable std::mutex send_mu_;
   std::deque<Pending> queue_;
   std::size_t queued_bytes_ = 0;
-  std::uint64_t desc_head_ = 0;       // descriptors published
+  std::uint64_t desc_head_ = 0;       // descriptors published (the last one carries seq desc_head_)
   std::uint64_t peer_tail_seen_ = 0;  // the peer's desc_tail as last read (it only grows)
   std::uint32_t rung_sleep_ = 0;      // the peer sleep word we last rang for
   std::uint32_t wait_epoch_ = 0;

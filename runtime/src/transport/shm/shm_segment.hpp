@@ -3,7 +3,8 @@
 //
 // Each side of a connection creates one segment (a sealed memfd) and is its only writer; the
 // other side maps it read-only. A segment holds, written by its owner only:
-//   - the owner's outgoing descriptor ring (one 64-byte descriptor per frame) and its head;
+//   - the owner's outgoing descriptor ring (one 64-byte descriptor per frame, each carrying its
+//     own sequence number, so a reader polls the slot it expects next and nothing else);
 //   - the owner's release ring: ids of the peer's leases the owner no longer uses, and its head;
 //   - the owner's consumption counters of the peer's two rings (desc_tail, release_tail);
 //   - the owner's sleep and wait words (wakeup protocol);
@@ -29,7 +30,7 @@
 namespace flatpipe::shm {
 
 inline constexpr std::uint64_t kSegmentMagic = 0x314d48535450464cull;  // "LFPTSHM1" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::uint32_t kDescSlots = 4096;      // descriptors in flight per direction
 inline constexpr std::size_t kDescBytes = 64;
@@ -60,7 +61,7 @@ struct SegmentHeader {
   std::uint64_t heap_size;
 
   // Each on its own cache line: written by the owner, polled by the peer.
-  alignas(64) std::atomic<std::uint64_t> desc_head;     // descriptors published by the owner
+  alignas(64) std::uint64_t reserved1;                  // layout 1's desc_head; unused
   alignas(64) std::atomic<std::uint64_t> release_head;  // releases published by the owner
   alignas(64) std::atomic<std::uint64_t> desc_tail;     // peer descriptors the owner consumed
   alignas(64) std::atomic<std::uint64_t> release_tail;  // peer releases the owner consumed
@@ -70,7 +71,10 @@ struct SegmentHeader {
 static_assert(sizeof(SegmentHeader) <= kHeaderBytes);
 
 // One frame in a descriptor ring. `head` is the frame's V2 length prefix and header exactly as
-// a byte-stream transport would send them.
+// a byte-stream transport would send them. `seq` is written last (a release store, see
+// publish_desc / desc_seq): descriptor number i (from 0) carries seq i + 1, so a slot whose seq is
+// the next expected number holds a complete descriptor, and until then it holds the previous
+// lap's number (or 0). One line per frame is all a polling reader touches before the payload.
 enum class DescKind : std::uint8_t {
   heap = 0,   // payload = [prefix_offset, +prefix_len) then [body_offset, +body_len) in the heap
   memfd = 1,  // payload = the first body_len bytes of a sealed memfd sent on the socket before it
@@ -84,9 +88,20 @@ struct Desc {
   std::uint64_t body_offset;
   std::uint32_t prefix_len;
   std::uint32_t body_len;
-  std::uint8_t pad[8];
+  std::uint64_t seq;
 };
 static_assert(sizeof(Desc) == kDescBytes);
+static_assert(offsetof(Desc, seq) % 8 == 0);
+
+// Writes `d` into `slot` with sequence number `seq`: every other field first, then seq with a
+// release store. The owner's side of a ring.
+inline void publish_desc(Desc* slot, const Desc& d, std::uint64_t seq) noexcept {
+  std::memcpy(static_cast<void*>(slot), &d, offsetof(Desc, seq));
+  __atomic_store_n(&slot->seq, seq, __ATOMIC_RELEASE);
+}
+// The sequence number in a peer's slot (an acquire load: the fields written before it are then
+// visible). The reader's side; the value is untrusted.
+inline std::uint64_t desc_seq(const Desc* slot) noexcept { return __atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE); }
 
 // Where the rings and the heap lie in a segment of `segment_size` bytes (a pure function of the
 // size, so a receiver recomputes it and compares instead of trusting the header).
