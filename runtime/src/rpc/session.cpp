@@ -41,13 +41,21 @@ Buffer whole_payload(const wire::Frame& f) {
   return Buffer::adopt(std::move(joined));
 }
 
-// Splits [header block] body. `has_headers` follows the HEADERS flag.
-Result<std::pair<wire::HeaderBlock, Buffer>> split_headers(const wire::Frame& f, bool has_headers) {
-  if (!has_headers) return std::pair<wire::HeaderBlock, Buffer>{{}, whole_payload(f)};
+// The same, taking the payload out of `f` when there is no prefix to join (no reference-count
+// traffic on the per-frame path). `f.payload` is then empty.
+Buffer take_payload(wire::Frame& f) {
+  if (f.prefix.empty()) return std::move(f.payload);
+  return whole_payload(f);
+}
+
+// Splits [header block] body. `has_headers` follows the HEADERS flag. On success the body may
+// have been taken out of `f` (take_payload); on failure `f` is untouched.
+Result<std::pair<wire::HeaderBlock, Buffer>> split_headers(wire::Frame& f, bool has_headers) {
+  if (!has_headers) return std::pair<wire::HeaderBlock, Buffer>{{}, take_payload(f)};
   if (!f.prefix.empty()) {
     auto block = wire::decode_header_block(f.prefix.span());
     if (!block) return block.status();
-    if (block->second == f.prefix.size()) return std::pair{std::move(block->first), f.payload};
+    if (block->second == f.prefix.size()) return std::pair{std::move(block->first), std::move(f.payload)};
     Buffer rest = whole_payload(f).slice(block->second);
     return std::pair{std::move(block->first), std::move(rest)};
   }
@@ -433,7 +441,7 @@ void Session::handle_notification(wire::Frame& f, Deferred& later) {
   call->method = f.header.method_id;
   call->kind = CallKind::unary;
   call->open = false;  // not in a table: finish() is a no-op, the result dropped
-  call->request = whole_payload(f);
+  call->request = take_payload(f);
   call->context.emplace(call->id, call->method, peer_, std::nullopt, Metadata{});
   dispatch_locked(call, method, later);
 }
@@ -553,7 +561,7 @@ void Session::handle_stream_data(wire::Frame& f, Deferred& later) {
   if (call->outgoing && call->kind == CallKind::client_stream) {
     // netpipe answers a client stream with one StreamData (the reply), then StreamEnd.
     if (!call->got_response) {
-      call->response = whole_payload(f);
+      call->response = take_payload(f);
       call->got_response = true;
     } else {
       ++stats_.frames_ignored;
@@ -577,7 +585,7 @@ void Session::handle_stream_data(wire::Frame& f, Deferred& later) {
     call->inbox.pop_front();
     ++stats_.messages_dropped_latest;
   }
-  deliver_locked(call, whole_payload(f), later);
+  deliver_locked(call, take_payload(f), later);
   // Final on the caller's data ends the caller's direction (netpipe sends no StreamEnd after the
   // last chunk of a client stream); on the callee's data it is advisory.
   if (!call->outgoing && (h.flags & flags::final)) end_in_locked(call, later);
@@ -965,12 +973,20 @@ void Session::complete_out_locked(const CallPtr& call, Status status, Buffer res
   if (!call->open) return;
   remove_locked(call);
   call->final_status = status;
-  call->response = std::move(response);
   call->in_done = true;
-  if (call->on_response) {
-    Result<Buffer> r = status.ok() ? Result<Buffer>(call->response) : Result<Buffer>(status);
+  if (call->on_response && call->kind == CallKind::unary) {
+    // A unary call's outcome has this one taker (await_response serves streams only), so the
+    // response moves to it instead of being copied and kept.
+    Result<Buffer> r = status.ok() ? Result<Buffer>(std::move(response)) : Result<Buffer>(status);
     later.complete(std::move(call->on_response), std::move(r));
     call->on_response = nullptr;
+  } else {
+    call->response = std::move(response);
+    if (call->on_response) {
+      Result<Buffer> r = status.ok() ? Result<Buffer>(call->response) : Result<Buffer>(status);
+      later.complete(std::move(call->on_response), std::move(r));
+      call->on_response = nullptr;
+    }
   }
   if (call->reader && call->inbox.empty()) {
     ReadResult r = status.ok() ? ReadResult(std::optional<Buffer>()) : ReadResult(status);

@@ -822,8 +822,8 @@ bool ShmConnection::decode(const Desc& d, wire::Frame& out, Status& why) {
     if (h.payload_len == 0) return true;
     if (d.lease == 0) return bad("a descriptor with a payload carries no lease");
     auto lease = std::make_shared<RxLease>(sh_, d.lease);
-    if (d.body_len) out.payload = Buffer(lease, sh_->peer_heap + d.body_offset, d.body_len);
-    if (d.prefix_len) out.prefix = Buffer(std::move(lease), sh_->peer_heap + d.prefix_offset, d.prefix_len);
+    if (d.prefix_len) out.prefix = Buffer(lease, sh_->peer_heap + d.prefix_offset, d.prefix_len);
+    if (d.body_len) out.payload = Buffer(std::move(lease), sh_->peer_heap + d.body_offset, d.body_len);
     return true;
   }
   if (d.kind == static_cast<std::uint8_t>(DescKind::memfd)) {
