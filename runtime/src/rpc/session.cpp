@@ -427,7 +427,7 @@ void Session::handle_request(wire::Frame& f, Deferred& later) {
   }
   auto call = accept_call_locked(f, method->kind, parts->first, std::move(request));
   call->qos = method->qos;
-  dispatch_locked(call, method, later);
+  dispatch_locked(std::move(call), method, later);
 }
 
 void Session::handle_notification(wire::Frame& f, Deferred& later) {
@@ -443,7 +443,7 @@ void Session::handle_notification(wire::Frame& f, Deferred& later) {
   call->open = false;  // not in a table: finish() is a no-op, the result dropped
   call->request = take_payload(f);
   call->context.emplace(call->id, call->method, peer_, std::nullopt, Metadata{});
-  dispatch_locked(call, method, later);
+  dispatch_locked(std::move(call), method, later);
 }
 
 Session::CallPtr Session::accept_call_locked(const wire::Frame& f, CallKind kind, const wire::HeaderBlock& headers,
@@ -465,8 +465,8 @@ Session::CallPtr Session::accept_call_locked(const wire::Frame& f, CallKind kind
   return call;
 }
 
-void Session::dispatch_locked(const CallPtr& call, const MethodInfo* method, Deferred& later) {
-  later.emplace_back([self = shared_from_this(), call, method]() mutable {
+void Session::dispatch_locked(CallPtr call, const MethodInfo* method, Deferred& later) {
+  later.emplace_back([self = shared_from_this(), call = std::move(call), method]() mutable {
     if (self->handler_executor_) {
       const asio::any_io_executor& pool = self->handler_executor_;  // before `self` is moved from
       asio::post(pool, [self = std::move(self), call = std::move(call), method] {

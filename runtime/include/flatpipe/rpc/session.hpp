@@ -234,7 +234,7 @@ class Session final : public FrameSink, public std::enable_shared_from_this<Sess
   CallPtr open_call_locked(std::uint32_t method, CallKind kind, const CallOptions& options);
   CallPtr accept_call_locked(const wire::Frame& f, CallKind kind, const wire::HeaderBlock& headers, Buffer request);
   CallPtr find_stream_call_locked(std::uint32_t id, bool inbound_data);
-  void dispatch_locked(const CallPtr& call, const MethodInfo* method, Deferred& later);
+  void dispatch_locked(CallPtr call, const MethodInfo* method, Deferred& later);
   static void run_handler(const std::shared_ptr<Session>& self, const CallPtr& call, const MethodInfo& method);
   void deliver_locked(const CallPtr& call, Buffer message, Deferred& later);
   void complete_out_locked(const CallPtr& call, Status status, Buffer response, Deferred& later);
