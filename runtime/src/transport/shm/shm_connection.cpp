@@ -141,6 +141,9 @@ class Shared {
   // whether there were any; `fault` names a broken release ring or an id the peer did not hold.
   bool drain_peer_releases(std::string& fault) {
     const std::uint64_t head = peer_hdr->release_head.load(std::memory_order_acquire);
+    // Nothing new (the common case of a polling reader): no lock. A drain racing on another
+    // thread takes what this one would have.
+    if (head == rel_tail.load(std::memory_order_relaxed)) return false;
     std::lock_guard lk(heap_mu);
     std::uint64_t tail = rel_tail.load(std::memory_order_relaxed);
     if (head == tail) return false;
