@@ -396,6 +396,7 @@ void ShmConnection::flush_locked() {
       // Announce the wait first, then look again (taking the releases that arrived): the peer
       // either sees the wait word and rings, or freed the room before, and the retry finds it.
       wait_for_room_locked();
+      std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with release_peer's store
       std::string fault;
       (void)sh_->drain_peer_releases(fault);
       if (!fault.empty()) {
@@ -674,7 +675,10 @@ void ShmConnection::sleep() {
       sh_->my_hdr->wait_word.store((wait_epoch_ << 1) | 1u, std::memory_order_seq_cst);
     }
   }
-  // Look once more after both words are out: what the peer did before it could see them.
+  // Look once more after both words are out: what the peer did before it could see them. The
+  // fence pairs with the sender's in ring_if_asleep_locked (the slot's seq is read with acquire
+  // only, which alone would not keep it after the sleep word's store).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   if (work_visible() || (blocked && step())) {
     chain_active_ = true;
     sh_->my_hdr->sleep_word.store(sleep_epoch_ << 1, std::memory_order_relaxed);
