@@ -87,7 +87,9 @@ class Session::Deferred {
   Deferred() = default;
   Deferred(const Deferred&) = delete;
   Deferred& operator=(const Deferred&) = delete;
-  ~Deferred() { run(); }
+  ~Deferred() {
+    if (count_ > 0) run();
+  }
 
   template <class F>
   void emplace_back(F&& fn) {
@@ -106,11 +108,14 @@ class Session::Deferred {
   // Runs everything added so far (and whatever those add), then empties.
   void run() {
     for (std::size_t i = 0; i < count_; ++i) {
-      Entry& e = i < kInline ? *inline_[i] : overflow_[i - kInline];
-      std::visit([](auto& item) { item.invoke(); }, e);
+      if (i < kInline) {
+        std::visit([](auto& item) { item.invoke(); }, *inline_[i]);
+        inline_[i].reset();
+      } else {
+        std::visit([](auto& item) { item.invoke(); }, overflow_[i - kInline]);
+      }
     }
-    for (std::size_t i = 0; i < std::min(count_, kInline); ++i) inline_[i].reset();
-    overflow_.clear();
+    if (count_ > kInline) overflow_.clear();
     count_ = 0;
   }
 
