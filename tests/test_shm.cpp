@@ -754,6 +754,31 @@ TEST(ShmBadInput, GarbageDescriptorsCloseOnlyThatConnection) {
   }
 }
 
+TEST(ShmBadInput, SegmentOfAnotherLayoutVersionOrNotFlatpipeIsRefused) {
+  // A peer built with another shm layout (1 polled a ring head) is named as such, not mapped.
+  auto seg = shm::create_segment(1u << 20);
+  ASSERT_TRUE(seg.ok()) << seg.status().to_string();
+  auto* hdr = reinterpret_cast<shm::SegmentHeader*>(seg->map.data());
+  hdr->version = 1;
+  auto old = shm::map_peer_segment(seg->fd.get());
+  ASSERT_FALSE(old.ok());
+  EXPECT_EQ(old.status().code(), StatusCode::invalid_argument);
+  EXPECT_NE(old.status().message().find("layout version 1, this side speaks " +
+                                        std::to_string(shm::kLayoutVersion)),
+            std::string::npos)
+      << old.status().message();
+
+  hdr->version = shm::kLayoutVersion;
+  hdr->magic = 0x0123456789abcdefull;
+  auto foreign = shm::map_peer_segment(seg->fd.get());
+  ASSERT_FALSE(foreign.ok());
+  EXPECT_NE(foreign.status().message().find("not a flatpipe shm segment"), std::string::npos)
+      << foreign.status().message();
+
+  hdr->magic = shm::kSegmentMagic;  // restored: the same segment maps
+  EXPECT_TRUE(shm::map_peer_segment(seg->fd.get()).ok());
+}
+
 TEST(ShmBadInput, UnsealedSegmentIsRefusedAtTheHandshake) {
   ShmServer s;
   ASSERT_TRUE(s.error.empty()) << s.error;

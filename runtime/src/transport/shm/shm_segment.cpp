@@ -153,7 +153,12 @@ Result<PeerSegment> map_peer_segment(int fd) {
        h->version, h->header_bytes, h->desc_slots, h->desc_bytes, h->release_slots};
   const Layout& l = seg.layout;
   if (id.magic != kSegmentMagic || id.version != kLayoutVersion) {
-    return Status(StatusCode::invalid_argument, "shm: the peer's segment is not a flatpipe shm segment of layout 1");
+    if (id.magic == kSegmentMagic) {
+      return Status(StatusCode::invalid_argument, "shm: the peer's segment has layout version " +
+                                                      std::to_string(id.version) + ", this side speaks " +
+                                                      std::to_string(kLayoutVersion));
+    }
+    return Status(StatusCode::invalid_argument, "shm: the peer's segment is not a flatpipe shm segment");
   }
   if (id.segment_size != size || id.header_bytes != kHeaderBytes || id.desc_slots != kDescSlots ||
       id.desc_bytes != kDescBytes || id.release_slots != kReleaseSlots || id.desc_offset != l.desc_offset ||
