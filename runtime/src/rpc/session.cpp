@@ -108,12 +108,9 @@ class Session::Deferred {
   // Runs everything added so far (and whatever those add), then empties.
   void run() {
     for (std::size_t i = 0; i < count_; ++i) {
-      if (i < kInline) {
-        std::visit([](auto& item) { item.invoke(); }, *inline_[i]);
-        inline_[i].reset();
-      } else {
-        std::visit([](auto& item) { item.invoke(); }, overflow_[i - kInline]);
-      }
+      Entry& e = i < kInline ? *inline_[i] : overflow_[i - kInline];
+      std::visit([](auto& item) { item.invoke(); }, e);
+      if (i < kInline) inline_[i].reset();
     }
     if (count_ > kInline) overflow_.clear();
     count_ = 0;
@@ -979,19 +976,16 @@ void Session::complete_out_locked(const CallPtr& call, Status status, Buffer res
   remove_locked(call);
   call->final_status = status;
   call->in_done = true;
-  if (call->on_response && call->kind == CallKind::unary) {
-    // A unary call's outcome has this one taker (await_response serves streams only), so the
-    // response moves to it instead of being copied and kept.
-    Result<Buffer> r = status.ok() ? Result<Buffer>(std::move(response)) : Result<Buffer>(status);
+  // A unary call's outcome has this one taker (await_response serves streams only), so the
+  // response moves to it instead of being copied and kept.
+  const bool sole_taker = call->on_response && call->kind == CallKind::unary;
+  if (!sole_taker) call->response = std::move(response);
+  if (call->on_response) {
+    Result<Buffer> r = !status.ok()  ? Result<Buffer>(status)
+                       : sole_taker ? Result<Buffer>(std::move(response))
+                                    : Result<Buffer>(call->response);
     later.complete(std::move(call->on_response), std::move(r));
     call->on_response = nullptr;
-  } else {
-    call->response = std::move(response);
-    if (call->on_response) {
-      Result<Buffer> r = status.ok() ? Result<Buffer>(call->response) : Result<Buffer>(status);
-      later.complete(std::move(call->on_response), std::move(r));
-      call->on_response = nullptr;
-    }
   }
   if (call->reader && call->inbox.empty()) {
     ReadResult r = status.ok() ? ReadResult(std::optional<Buffer>()) : ReadResult(status);
