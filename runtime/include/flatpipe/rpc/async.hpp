@@ -85,6 +85,7 @@ class SyncSlot {
     value_.emplace(std::move(value));
     ready_.store(true, std::memory_order_release);
     cv_.notify_one();
+    woke_waiter = true;
   }
   // Blocks until set(). Polls for up to `spin` first (RuntimeOptions::idle_spin): a value that
   // comes within it is taken without the sleep and wakeup of the condition variable.

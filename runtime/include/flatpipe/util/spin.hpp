@@ -18,6 +18,11 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+// Set by a thread that has just readied a blocked waiter (SyncSlot::set). A polling loop on that
+// thread that finds it set clears it and offers its CPU once (sched_yield): the waiter may be
+// runnable on this very CPU.
+inline thread_local bool woke_waiter = false;
+
 // Calls `ready()` until it returns true or `budget` has passed; returns its last answer. Never
 // blocks; `ready` must be cheap and must not block. A budget of zero or less asks once.
 // With `offer_cpu`, the thread yields (sched_yield) between rounds of checks: a thread that

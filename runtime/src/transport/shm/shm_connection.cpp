@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <iterator>
 #include <thread>
+#include <utility>
 
 #include <asio/post.hpp>
 
@@ -21,7 +22,8 @@ using namespace std::chrono_literals;
 
 constexpr int kBatch = 64;                 // frames handed to the sink per poll round
 constexpr std::size_t kMaxHeldFds = 64;    // message memfds received ahead of their descriptors
-constexpr auto kSpinSlice = 2us;           // one busy-wait slice before yielding to other handlers
+constexpr auto kFairSlice = 50us;          // a poll chain link's longest run (see poll())
+constexpr auto kYieldEvery = 10us;         // idle polling offers the CPU (sched_yield) this often
 constexpr auto kCloseFlushLimit = 2s;      // close(flush) gives queued frames this long
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t to) noexcept { return (v + to - 1) / to * to; }
@@ -598,10 +600,17 @@ void ShmConnection::wake() {
   poll();
 }
 
-// The reader's loop: work while there is work, spin for tuning_.spin after the last of it, then
-// sleep on the socket. Runs as a chain of posted handlers so other handlers interleave.
+// The reader's loop: work while there is work, poll for tuning_.spin after the last of it, then
+// sleep on the socket. Runs as a chain of posted handlers: a link gives the thread back to the
+// io_context's other handlers after kFairSlice. Not more often: each return costs the reactor a
+// poll of its descriptors (epoll_wait, a system call), and a frame that arrives meanwhile waits
+// for it; a return every few microseconds made the two sides of a busy ping-pong delay each
+// other in turn.
 void ShmConnection::poll() {
-  for (int round = 0; round < 16; ++round) {
+  using clock = std::chrono::steady_clock;
+  const auto link_end = clock::now() + kFairSlice;
+  auto next_yield = std::max(idle_since_, link_end - kFairSlice) + kYieldEvery;
+  for (;;) {
     if (finished_) {
       chain_active_ = false;
       return;
@@ -611,7 +620,7 @@ void ShmConnection::poll() {
       chain_active_ = false;
       return;
     }
-    const auto now = std::chrono::steady_clock::now();
+    const auto now = clock::now();
     if (peer_gone_) {
       if (did) continue;  // deliver what the peer published before it went
       const bool held = paused_.load() && !rx_stopped_ && peer_published();
@@ -621,17 +630,26 @@ void ShmConnection::poll() {
     }
     if (did) {
       idle_since_ = now;
+      next_yield = now + kYieldEvery;
+      // A blocking caller was just given its outcome: on a machine with few cores it may be
+      // waiting for this very CPU.
+      if (std::exchange(detail::woke_waiter, false)) std::this_thread::yield();
+      if (now >= link_end) break;
       continue;
     }
-    if (detail::spin_until([this] { return work_visible(); }, kSpinSlice)) continue;
-    if (now - idle_since_ < tuning_.spin) {
-      // Let a thread this one keeps from running (a caller about to be woken by what was just
-      // delivered, on a machine with few cores) have the CPU before polling on.
-      std::this_thread::yield();
-      break;
+    const auto sleep_at = idle_since_ + tuning_.spin;
+    if (now >= sleep_at) {
+      sleep();
+      return;
     }
-    sleep();
-    return;
+    if (now >= link_end) break;
+    if (now >= next_yield) {
+      // Idle for a while: let a thread this one keeps from running (the peer, when there are
+      // more busy threads than cores) have the CPU before polling on.
+      std::this_thread::yield();
+      next_yield = now + kYieldEvery;
+    }
+    (void)detail::spin_until([this] { return work_visible(); }, std::min({link_end, sleep_at, next_yield}) - now);
   }
   asio::post(executor_, [self = shared_from_this()] { self->poll(); });
 }
