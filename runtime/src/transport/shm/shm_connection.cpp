@@ -30,6 +30,54 @@ std::uint64_t round_up(std::uint64_t v, std::uint64_t to) noexcept { return (v +
 
 }  // namespace
 
+// Single-object allocations of up to kBytes, kept for reuse once freed: the nodes of the heap's
+// maps, which a message allocates and frees a few of. Not thread-safe (the user locks). Freed
+// nodes stay until the list dies.
+class NodeList {
+ public:
+  static constexpr std::size_t kBytes = 64;
+  NodeList() = default;
+  NodeList(const NodeList&) = delete;
+  NodeList& operator=(const NodeList&) = delete;
+  ~NodeList() {
+    while (head_) ::operator delete(std::exchange(head_, head_->next));
+  }
+  void* take() {
+    if (!head_) return ::operator new(kBytes);
+    return std::exchange(head_, head_->next);
+  }
+  void give(void* p) noexcept { head_ = ::new (p) Free{head_}; }
+
+ private:
+  struct Free {
+    Free* next;
+  };
+  Free* head_ = nullptr;
+};
+
+template <class T>
+struct NodeAllocator {
+  using value_type = T;
+  NodeList* list;
+  explicit NodeAllocator(NodeList* l) noexcept : list(l) {}
+  template <class U>
+  NodeAllocator(const NodeAllocator<U>& o) noexcept : list(o.list) {}
+  static constexpr bool kFits = sizeof(T) <= NodeList::kBytes && alignof(T) <= alignof(std::max_align_t);
+  T* allocate(std::size_t n) {
+    if (kFits && n == 1) return static_cast<T*>(list->take());
+    return std::allocator<T>().allocate(n);
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    if (kFits && n == 1) {
+      list->give(p);
+    } else {
+      std::allocator<T>().deallocate(p, n);
+    }
+  }
+  template <class U>
+  bool operator==(const NodeAllocator<U>& o) const noexcept { return list == o.list; }
+};
+
 // The state that outlives the connection object: both mappings, this side's heap allocator and
 // lease table, and the releasing of the peer's leases. Kept alive by the connection, by every
 // received payload (its lease) and by every body allocator, so memory handed out stays valid
@@ -70,8 +118,16 @@ class Shared {
       if (it->second < n) continue;
       const std::uint64_t off = it->first;
       const std::uint64_t len = it->second;
-      free_.erase(it);
-      if (len > n) free_.emplace(off + n, len - n);
+      if (len > n) {
+        // The rest keeps the free entry's node, in the same place in the order.
+        const auto next = std::next(it);
+        auto node = free_.extract(it);
+        node.key() = off + n;
+        node.mapped() = len - n;
+        free_.insert(next, std::move(node));
+      } else {
+        free_.erase(it);
+      }
       used_.emplace(off, Block{n, 1});
       return off;
     }
@@ -267,8 +323,13 @@ class Shared {
     std::uint8_t count = 0;
     std::uint64_t blocks[2] = {0, 0};
   };
-  std::map<std::uint64_t, std::uint64_t> free_;  // offset -> length, coalesced
-  std::map<std::uint64_t, Block> used_;          // offset -> block
+  // Both maps recycle their nodes through one list (heap_mu guards both): a message's
+  // allocation and its release cost no trip to malloc.
+  NodeList nodes_;
+  std::map<std::uint64_t, std::uint64_t, std::less<>, NodeAllocator<std::pair<const std::uint64_t, std::uint64_t>>>
+      free_{NodeAllocator<std::pair<const std::uint64_t, std::uint64_t>>(&nodes_)};  // offset -> length, coalesced
+  std::map<std::uint64_t, Block, std::less<>, NodeAllocator<std::pair<const std::uint64_t, Block>>> used_{
+      NodeAllocator<std::pair<const std::uint64_t, Block>>(&nodes_)};  // offset -> block
   std::vector<LeaseSlot> leases_;
   std::vector<std::uint32_t> free_leases_;
   std::uint64_t release_head_ = 0;            // release_mu
