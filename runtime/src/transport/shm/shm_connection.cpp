@@ -28,6 +28,17 @@ constexpr auto kCloseFlushLimit = 2s;      // close(flush) gives queued frames t
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t to) noexcept { return (v + to - 1) / to * to; }
 
+// How much of a received payload decode() asks the CPU to fetch ahead (see there).
+constexpr std::size_t kPrefetchBytes = 1024;
+
+// Starts fetching the cache lines of [p, p + min(n, kPrefetchBytes)). A hint: never faults.
+void prefetch_lines(const std::uint8_t* p, std::size_t n) noexcept {
+  if (n == 0) return;
+  const auto first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63};
+  const auto end = reinterpret_cast<std::uintptr_t>(p) + std::min(n, kPrefetchBytes);
+  for (std::uintptr_t line = first; line < end; line += 64) __builtin_prefetch(reinterpret_cast<const void*>(line));
+}
+
 }  // namespace
 
 // Single-object allocations of up to kBytes, kept for reuse once freed: the nodes of the heap's
@@ -242,32 +253,70 @@ class Shared {
   // Gives lease `id` back to the peer: appends it to this side's release ring and rings the
   // doorbell when the peer waits for room. After close, or when the ring is full (only a peer
   // that breaks the lease limit fills it), the id is dropped.
+  //
+  // On this connection's I/O thread during a poll round (RoundScope), the id is only noted and
+  // goes out when the round ends. A received message is typically dropped just before the next
+  // one is sent (a caller's loop: check the reply, call again); writing the release then puts the
+  // release ring's lines, which the peer holds, between this side and its next descriptor, and
+  // the peer reading them before that descriptor.
   void release_peer(std::uint64_t id) {
-    {
-      std::lock_guard lk(release_mu);
-      if (closed) return;
-      // The peer's counter is read only when the ring looks full by the last value read: it is a
-      // line the peer writes on every drain, so reading it per release would be a cache miss.
-      if (release_head_ - peer_release_tail_seen_ >= kReleaseSlots) {
-        const std::uint64_t tail = peer_hdr->release_tail.load(std::memory_order_acquire);
-        // Only grows, never past what was published; anything else is the peer's fault, and
-        // the ring is treated as full (the peer learns of no further releases).
-        if (tail >= peer_release_tail_seen_ && tail <= release_head_) peer_release_tail_seen_ = tail;
-        if (release_head_ - peer_release_tail_seen_ >= kReleaseSlots) {
-          ++dropped_releases;
-          return;
-        }
-      }
-      std::memcpy(&my_release_ring[release_head_ % kReleaseSlots], &id, sizeof id);
-      ++release_head_;
-      my_hdr->release_head.store(release_head_, std::memory_order_seq_cst);
+    if (round_owner == this) {
+      round_releases_.push_back(id);
+      return;
     }
-    ring_if_peer_waits();
+    release_peer_ids(&id, 1);
   }
+
+  // Marks a poll round of this connection's I/O thread; the releases made in it go out at its
+  // end, after whatever the round sent. Not reentrant for one connection.
+  class RoundScope {
+   public:
+    explicit RoundScope(Shared& sh) noexcept : sh_(sh), outer_(std::exchange(round_owner, &sh)) {}
+    RoundScope(const RoundScope&) = delete;
+    RoundScope& operator=(const RoundScope&) = delete;
+    ~RoundScope() {
+      round_owner = outer_;
+      if (!sh_.round_releases_.empty()) {
+        sh_.release_peer_ids(sh_.round_releases_.data(), sh_.round_releases_.size());
+        sh_.round_releases_.clear();
+      }
+    }
+
+   private:
+    Shared& sh_;
+    Shared* const outer_;
+  };
 
   void mark_closed() {
     std::lock_guard lk(release_mu);
     closed = true;
+  }
+
+  // Appends `n` lease ids to the release ring with one store of its head, then rings when the
+  // peer waits for room.
+  void release_peer_ids(const std::uint64_t* ids, std::size_t n) {
+    {
+      std::lock_guard lk(release_mu);
+      if (closed) return;
+      for (std::size_t i = 0; i < n; ++i) {
+        // The peer's counter is read only when the ring looks full by the last value read: it is
+        // a line the peer writes on every drain, so reading it per release would be a cache miss.
+        if (release_head_ - peer_release_tail_seen_ >= kReleaseSlots) {
+          const std::uint64_t tail = peer_hdr->release_tail.load(std::memory_order_acquire);
+          // Only grows, never past what was published; anything else is the peer's fault, and
+          // the ring is treated as full (the peer learns of no further releases).
+          if (tail >= peer_release_tail_seen_ && tail <= release_head_) peer_release_tail_seen_ = tail;
+          if (release_head_ - peer_release_tail_seen_ >= kReleaseSlots) {
+            dropped_releases += n - i;
+            break;
+          }
+        }
+        std::memcpy(&my_release_ring[release_head_ % kReleaseSlots], &ids[i], sizeof ids[i]);
+        ++release_head_;
+      }
+      my_hdr->release_head.store(release_head_, std::memory_order_seq_cst);
+    }
+    ring_if_peer_waits();
   }
 
   // ---- doorbell (any thread) ----
@@ -332,6 +381,9 @@ class Shared {
       NodeAllocator<std::pair<const std::uint64_t, Block>>(&nodes_)};  // offset -> block
   std::vector<LeaseSlot> leases_;
   std::vector<std::uint32_t> free_leases_;
+  // The connection whose poll round runs on this thread (RoundScope), if any.
+  static inline thread_local Shared* round_owner = nullptr;
+  std::vector<std::uint64_t> round_releases_;  // I/O thread: deferred by release_peer
   std::uint64_t release_head_ = 0;            // release_mu
   std::uint64_t peer_release_tail_seen_ = 0;  // release_mu: the peer's release_tail as last read
 };
@@ -484,6 +536,7 @@ void ShmConnection::flush_locked() {
     break;
   }
   if (published) ring_if_asleep_locked();
+  queued_.store(!queue_.empty(), std::memory_order_relaxed);
   if (queue_.empty()) {
     if (waiting_room_) {
       waiting_room_ = false;
@@ -716,11 +769,12 @@ void ShmConnection::poll() {
 }
 
 bool ShmConnection::step() {
+  const Shared::RoundScope round(*sh_);
   // Frames first: their descriptors are what a caller waits for. Releases (room for this
   // side's sends) after; a send that finds no room drains them itself.
   bool did = deliver_batch();
   if (drain_releases()) did = true;
-  {
+  if (queued_.load(std::memory_order_relaxed)) {
     std::lock_guard lk(send_mu_);
     if (!queue_.empty() && !tx_broken_) {
       const std::size_t before = queue_.size();
@@ -733,8 +787,11 @@ bool ShmConnection::step() {
 
 bool ShmConnection::work_visible() const {
   // New frames are looked for first, so a release published just before them (a line the peer
-  // just wrote: a cache miss) does not delay their delivery.
+  // just wrote: a cache miss) does not delay their delivery. Releases only while frames wait for
+  // room: otherwise they can wait for the next round with work (step() takes them after its
+  // frames), and polling their line would put a miss in the way of each new frame.
   if (!paused_.load(std::memory_order_relaxed) && !rx_stopped_ && peer_published()) return true;
+  if (!queued_.load(std::memory_order_relaxed)) return false;
   return sh_->peer_hdr->release_head.load(std::memory_order_seq_cst) != sh_->rel_tail.load(std::memory_order_relaxed);
 }
 
@@ -907,6 +964,11 @@ bool ShmConnection::decode(const Desc& d, wire::Frame& out, Status& why) {
     }
     if (h.payload_len == 0) return true;
     if (d.lease == 0) return bad("a descriptor with a payload carries no lease");
+    // The peer has just written these lines, so each one is a transfer from its core, and the
+    // reader (split_headers, then a verifier) would ask for them one dependent load after
+    // another. Asked for now, together, they arrive while the session works on the frame.
+    prefetch_lines(sh_->peer_heap + d.prefix_offset, d.prefix_len);
+    prefetch_lines(sh_->peer_heap + d.body_offset, d.body_len);
     auto lease = std::make_shared<RxLease>(sh_, d.lease);
     if (d.prefix_len) out.prefix = Buffer(lease, sh_->peer_heap + d.prefix_offset, d.prefix_len);
     if (d.body_len) out.payload = Buffer(std::move(lease), sh_->peer_heap + d.body_offset, d.body_len);
@@ -966,6 +1028,7 @@ void ShmConnection::finish(Status why) {
     closing_ = true;
     if (close_reason_) why = *close_reason_;
     dropped.swap(queue_);
+    queued_.store(false, std::memory_order_relaxed);
     queued_bytes_ = 0;
   }
   {

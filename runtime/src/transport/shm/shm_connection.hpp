@@ -121,6 +121,7 @@ class ShmConnection final : public FrameConnection, public std::enable_shared_fr
   // ---- send side (send_mu_) ----
   mutable std::mutex send_mu_;
   std::deque<Pending> queue_;
+  std::atomic<bool> queued_{false};   // !queue_.empty(), for the reader's loop without the lock
   std::size_t queued_bytes_ = 0;
   std::uint64_t desc_head_ = 0;       // descriptors published (the last one carries seq desc_head_)
   std::uint64_t peer_tail_seen_ = 0;  // the peer's desc_tail as last read (it only grows)
