@@ -20,6 +20,7 @@
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
 #include <asio/execution/outstanding_work.hpp>
+#include <asio/io_context.hpp>
 #include <asio/prefer.hpp>
 
 #include "flatpipe/util/spin.hpp"
@@ -45,6 +46,23 @@ inline thread_local int initiation_depth = 0;
 inline thread_local int inline_depth = 0;
 inline constexpr int kMaxInlineDepth = 64;
 
+// True when `ex` is an io_context's executor (held directly or in an any_io_executor) and the
+// calling thread runs that io_context: where asio::dispatch would run a handler inline anyway.
+template <class Executor>
+bool runs_here(const Executor& ex) noexcept {
+  using Plain = asio::io_context::basic_executor_type<std::allocator<void>, 0>;
+  using Tracked = asio::io_context::basic_executor_type<std::allocator<void>, 4>;
+  if constexpr (std::is_same_v<Executor, asio::any_io_executor>) {
+    if (const auto* t = ex.template target<Tracked>()) return t->running_in_this_thread();
+    if (const auto* p = ex.template target<Plain>()) return p->running_in_this_thread();
+    return false;
+  } else if constexpr (std::is_same_v<Executor, Plain> || std::is_same_v<Executor, Tracked>) {
+    return ex.running_in_this_thread();
+  } else {
+    return false;
+  }
+}
+
 template <class Signature, class Executor, class Token, class Start>
 auto async_op(const Executor& executor, Token&& token, Start&& start) {
   using Arg = typename completion_arg<Signature>::type;
@@ -65,7 +83,14 @@ auto async_op(const Executor& executor, Token&& token, Start&& start) {
                 asio::post(target, std::move(invoke));
               } else {
                 ++inline_depth;
-                asio::dispatch(target, std::move(invoke));
+                // On the handler's own I/O thread (a coroutine resumed by the reply that its
+                // connection just read) call it as dispatch would, without the type-erased
+                // executor copies and work-count updates dispatch makes on the way.
+                if (runs_here(target)) {
+                  invoke();
+                } else {
+                  asio::dispatch(target, std::move(invoke));
+                }
                 --inline_depth;
               }
             }));

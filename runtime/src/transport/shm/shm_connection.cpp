@@ -485,6 +485,12 @@ SendResult ShmConnection::send(wire::OutFrame&& frame) {
   }
   std::lock_guard lk(send_mu_);
   if (closing_) return SendResult::closed;
+  if (queue_.empty() && !tx_broken_ && publish_locked(p) == Publish::done) {
+    // Nothing ahead of it and room for it: out without a trip through the queue. (A frame that
+    // finds no room is untouched by the attempt and queues below.)
+    ring_if_asleep_locked();
+    return SendResult::ok;
+  }
   queued_bytes_ += p.bytes;
   queue_.push_back(std::move(p));
   flush_locked();
