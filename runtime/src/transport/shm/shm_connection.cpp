@@ -209,12 +209,17 @@ class Shared {
   // Takes the lease ids the peer gave back and frees what they held. Any thread. Returns
   // whether there were any; `fault` names a broken release ring or an id the peer did not hold.
   bool drain_peer_releases(std::string& fault) {
-    const std::uint64_t head = peer_hdr->release_head.load(std::memory_order_acquire);
     // Nothing new (the common case of a polling reader): no lock. A drain racing on another
     // thread takes what this one would have.
-    if (head == rel_tail.load(std::memory_order_relaxed)) return false;
+    if (peer_hdr->release_head.load(std::memory_order_acquire) == rel_tail.load(std::memory_order_relaxed)) {
+      return false;
+    }
     std::lock_guard lk(heap_mu);
     std::uint64_t tail = rel_tail.load(std::memory_order_relaxed);
+    // Read again under the lock, after `tail`: a head read before it may be behind a tail that a
+    // racing drain (the I/O thread's, a sender's out of room) has moved on since, which would
+    // look like a head out of range.
+    const std::uint64_t head = peer_hdr->release_head.load(std::memory_order_acquire);
     if (head == tail) return false;
     if (head - tail > kReleaseSlots) {
       fault = "shm: the peer's release ring head " + std::to_string(head) + " is out of range";
