@@ -259,31 +259,31 @@ class Shared {
   // doorbell when the peer waits for room. After close, or when the ring is full (only a peer
   // that breaks the lease limit fills it), the id is dropped.
   //
-  // On this connection's I/O thread during a poll round (RoundScope), the id is only noted and
-  // goes out when the round ends. A received message is typically dropped just before the next
-  // one is sent (a caller's loop: check the reply, call again); writing the release then puts the
-  // release ring's lines, which the peer holds, between this side and its next descriptor, and
-  // the peer reading them before that descriptor.
+  // While this connection's I/O thread hands a received frame to the session (HandlingScope),
+  // the id is only noted and goes out when that returns. A received message is typically dropped
+  // just before the next one is sent (a caller's loop: check the reply, call again); writing the
+  // release then would put the release ring's lines, which the peer holds, between this side and
+  // its next descriptor, and the peer would read them before that descriptor.
   void release_peer(std::uint64_t id) {
-    if (round_owner == this) {
-      round_releases_.push_back(id);
+    if (handling_owner == this) {
+      deferred_releases_.push_back(id);
       return;
     }
     release_peer_ids(&id, 1);
   }
 
-  // Marks a poll round of this connection's I/O thread; the releases made in it go out at its
-  // end, after whatever the round sent. Not reentrant for one connection.
-  class RoundScope {
+  // Marks the handling of one received frame on this connection's I/O thread; the releases made
+  // in it go out at its end, after whatever it sent. Not reentrant for one connection.
+  class HandlingScope {
    public:
-    explicit RoundScope(Shared& sh) noexcept : sh_(sh), outer_(std::exchange(round_owner, &sh)) {}
-    RoundScope(const RoundScope&) = delete;
-    RoundScope& operator=(const RoundScope&) = delete;
-    ~RoundScope() {
-      round_owner = outer_;
-      if (!sh_.round_releases_.empty()) {
-        sh_.release_peer_ids(sh_.round_releases_.data(), sh_.round_releases_.size());
-        sh_.round_releases_.clear();
+    explicit HandlingScope(Shared& sh) noexcept : sh_(sh), outer_(std::exchange(handling_owner, &sh)) {}
+    HandlingScope(const HandlingScope&) = delete;
+    HandlingScope& operator=(const HandlingScope&) = delete;
+    ~HandlingScope() {
+      handling_owner = outer_;
+      if (!sh_.deferred_releases_.empty()) {
+        sh_.release_peer_ids(sh_.deferred_releases_.data(), sh_.deferred_releases_.size());
+        sh_.deferred_releases_.clear();
       }
     }
 
@@ -386,9 +386,9 @@ class Shared {
       NodeAllocator<std::pair<const std::uint64_t, Block>>(&nodes_)};  // offset -> block
   std::vector<LeaseSlot> leases_;
   std::vector<std::uint32_t> free_leases_;
-  // The connection whose poll round runs on this thread (RoundScope), if any.
-  static inline thread_local Shared* round_owner = nullptr;
-  std::vector<std::uint64_t> round_releases_;  // I/O thread: deferred by release_peer
+  // The connection whose received frame this thread is handling (HandlingScope), if any.
+  static inline thread_local Shared* handling_owner = nullptr;
+  std::vector<std::uint64_t> deferred_releases_;  // I/O thread: deferred by release_peer
   std::uint64_t release_head_ = 0;            // release_mu
   std::uint64_t peer_release_tail_seen_ = 0;  // release_mu: the peer's release_tail as last read
 };
@@ -780,7 +780,6 @@ void ShmConnection::poll() {
 }
 
 bool ShmConnection::step() {
-  const Shared::RoundScope round(*sh_);
   // Frames first: their descriptors are what a caller waits for. Releases (room for this
   // side's sends) after; a send that finds no room drains them itself.
   bool did = deliver_batch();
@@ -932,7 +931,10 @@ bool ShmConnection::deliver_batch() {
       frame_error(std::move(why));
       return true;
     }
-    sink->on_frame(std::move(frame));
+    {
+      const Shared::HandlingScope handling(*sh_);
+      sink->on_frame(std::move(frame));
+    }
     if (finished_ || rx_stopped_ || paused_.load()) break;
   }
   sh_->my_hdr->desc_tail.store(rx_tail_, std::memory_order_seq_cst);
