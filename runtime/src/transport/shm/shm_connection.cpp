@@ -733,8 +733,9 @@ void ShmConnection::wake() {
 // other in turn.
 void ShmConnection::poll() {
   using clock = std::chrono::steady_clock;
-  const auto link_end = clock::now() + kFairSlice;
-  auto next_yield = std::max(idle_since_, link_end - kFairSlice) + kYieldEvery;
+  const auto link_start = clock::now();
+  const auto link_end = link_start + kFairSlice;
+  auto next_yield = std::max(idle_since_, link_start) + kYieldEvery;
   for (;;) {
     if (finished_) {
       chain_active_ = false;
